@@ -1,0 +1,806 @@
+"""The command line: parse, call the engine, draw progress, map errors to exit codes.
+
+The only module that imports typer or rich. rich's progress machinery is imported only by
+commands that download, so `state` stays light.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+import typer.core
+from rich.console import Console
+
+from offline_cli import __version__
+from offline_cli.config import Settings, config_file_path, load_settings
+from offline_cli.engine import OfflineEngine, Outcome
+from offline_cli.errors import (
+    BusyError,
+    ConfigError,
+    DownloadError,
+    OfflineError,
+    StorageError,
+    Terminated,
+    UsageError,
+)
+from offline_cli.listener import OfflineEngineListener
+from offline_cli.models import (
+    MediaProduct,
+    ProductType,
+    check_sha256,
+    check_url,
+    looks_like_url,
+    parse_duration,
+    parse_product_name,
+)
+from offline_cli.paths import HOME_ENV, default_home
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY, EXIT_STORAGE = 0, 1, 2, 3, 4
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+PROG = "offline-cli"
+
+
+# typer may vendor click (typer._click) or use the click package; find its exception
+# classes through a public one instead of importing either by name.
+_CLICK_MRO = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
+_ClickException: type[Exception] = _CLICK_MRO["ClickException"]
+_ClickUsageError: type[Exception] = _CLICK_MRO["UsageError"]
+
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """Typer group whose usage errors are one line on stderr with exit 2 (no boxes)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except typer.Exit as exc:  # pragma: no cover - typer returns the code instead
+            result = exc.exit_code
+        except typer.Abort:
+            result = EXIT_SIGINT
+        except _ClickException as exc:
+            message = exc.format_message().strip().replace("\n", " ")  # type: ignore[attr-defined]
+            if isinstance(exc, _ClickUsageError):
+                _print_error(f"{message} (see '{PROG} --help')")
+                sys.exit(EXIT_USAGE)
+            _print_error(message)
+            sys.exit(getattr(exc, "exit_code", EXIT_FAILED))
+        # Without standalone mode typer returns the exit code (130 for Ctrl-C) or None.
+        code = result if isinstance(result, int) else EXIT_OK
+        if code == EXIT_SIGINT:
+            _print_error("interrupted; the download was saved as PAUSED (run `offline-cli resume`)")
+        sys.exit(code)
+
+
+app = typer.Typer(
+    name=PROG,
+    cls=_OneLineErrors,
+    help="A resilient download manager for media products: offline, resume, validate.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Output:
+    quiet: bool = False
+    verbose: bool = False
+
+    @property
+    def err(self) -> Console:
+        return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+_output = _Output()
+
+
+def _print_error(message: str) -> None:
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+    sys.stderr.flush()
+
+
+def _say(message: str) -> None:
+    """A human line on stderr, unless -q."""
+    if not _output.quiet:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+
+
+def _data(line: str) -> None:
+    sys.stdout.write(line + "\n")
+
+
+def _error_line(exc: OfflineError) -> str:
+    text = str(exc)
+    if exc.hint:
+        text += f" (hint: {exc.hint})"
+    return text
+
+
+def _fail(exc: OfflineError) -> NoReturn:
+    _print_error(_error_line(exc))
+    raise typer.Exit(exc.exit_code)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+# -- logging --------------------------------------------------------------------------------------
+
+
+class _JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "event": getattr(record, "event", record.getMessage()),
+            "pid": record.process,
+        }
+        payload.update(getattr(record, "fields", {}))
+        return json.dumps(payload, default=str)
+
+
+class _HumanEvents(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", {})
+        detail = " ".join(f"{k}={v}" for k, v in fields.items())
+        return f"{PROG}: {getattr(record, 'event', record.getMessage())} {detail}".rstrip()
+
+
+def _setup_logging(verbose: bool, log_file: str | None) -> None:
+    logger = logging.getLogger("offline_cli")
+    logger.handlers.clear()
+    logger.propagate = False
+    logger.setLevel(logging.INFO if (verbose or log_file) else logging.WARNING)
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_HumanEvents())
+        logger.addHandler(handler)
+    if log_file:
+        try:
+            file_handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write log file {log_file}: {exc.strerror or exc}",
+                hint="give a writable path to --log-file",
+            ) from None
+        file_handler.setFormatter(_JsonLines())
+        logger.addHandler(file_handler)
+
+
+# -- progress -----------------------------------------------------------------------------------
+
+
+class _Reporter(OfflineEngineListener):
+    """Turns listener callbacks into rich bars on a terminal, a few plain lines otherwise."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.tasks: dict[str, TaskID] = {}
+        self.started_at: dict[str, float] = {}
+        self.bytes: dict[str, int] = {}
+
+    def offlining_started(self, product: MediaProduct) -> None:
+        self.started_at[product.key] = time.monotonic()
+        if self.progress is not None:
+            self.tasks[product.key] = self.progress.add_task(product.key, total=None)
+        else:
+            _say(f"{product.key}: downloading")
+
+    def offlining_bytes(self, product: MediaProduct, done: int, total: int | None) -> None:
+        self.bytes[product.key] = done
+        if self.progress is not None and product.key in self.tasks:
+            self.progress.update(self.tasks[product.key], completed=done, total=total)
+
+    def offlining_paused(self, product: MediaProduct, reason: str) -> None:
+        self._note(product, f"paused, {reason}")
+
+    def offlining_unpaused(self, product: MediaProduct) -> None:
+        self._note(product, "network is back, continuing")
+
+    def offlining_retrying(
+        self, product: MediaProduct, attempt: int, delay: float, reason: str
+    ) -> None:
+        self._note(product, f"retry {attempt} in {delay:.1f}s ({reason})")
+
+    def offlining_waiting_for_other(self, product: MediaProduct, pid: int | None) -> None:
+        who = f"process {pid}" if pid else "another process"
+        _say(f"{product.key}: {who} is downloading it; waiting for its outcome")
+
+    def offlining_completed(self, product: MediaProduct) -> None:
+        elapsed = time.monotonic() - self.started_at.get(product.key, time.monotonic())
+        size = _human_bytes(self.bytes.get(product.key, 0))
+        self._finish(product, f"{product.key}: done ({size} in {elapsed:.1f}s)")
+
+    def offlining_failed(self, product: MediaProduct, error: OfflineError) -> None:
+        self._finish(product, None)
+
+    def _note(self, product: MediaProduct, text: str) -> None:
+        if self.progress is not None and product.key in self.tasks:
+            self.progress.update(self.tasks[product.key], description=f"{product.key} ({text})")
+        else:
+            _say(f"{product.key}: {text}")
+
+    def _finish(self, product: MediaProduct, line: str | None) -> None:
+        task = self.tasks.pop(product.key, None)
+        if self.progress is not None and task is not None:
+            self.progress.remove_task(task)
+        if line:
+            if self.progress is not None:
+                self.progress.console.print(line, highlight=False)
+            else:
+                _say(line)
+
+
+@contextmanager
+def _reporting() -> Iterator[_Reporter]:
+    """A reporter with rich bars when stderr is a terminal and -q was not given."""
+    console = _output.err
+    if _output.quiet or not console.is_terminal:
+        yield _Reporter(None)
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        yield _Reporter(progress)
+
+
+# -- common plumbing ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Globals:
+    home: Path | None = None
+    log_file: str | None = None
+    db_timeout: float | None = None
+
+
+_globals = _Globals()
+
+
+def _engine(listener: OfflineEngineListener | None = None, **overrides: Any) -> OfflineEngine:
+    home = _globals.home or default_home()
+    overrides.setdefault("log_file", _globals.log_file)
+    overrides.setdefault("db_timeout", _globals.db_timeout)
+    settings = load_settings(home, overrides)
+    _setup_logging(_output.verbose, settings.log_file)
+    engine = OfflineEngine(home, listener, settings=settings)
+    engine.store  # noqa: B018 - open now, so an unusable store fails before any work
+    return engine
+
+
+def _set_output(quiet: bool, verbose: bool) -> None:
+    _output.quiet = _output.quiet or quiet
+    _output.verbose = _output.verbose or verbose
+
+
+def _product_from_name(name: str) -> MediaProduct:
+    """A product named on the command line: a URL or TYPE:ID."""
+    if looks_like_url(name):
+        url = check_url(name)
+        return MediaProduct(ProductType.FILE, url, url=url)
+    product_type, product_id = parse_product_name(name)
+    return MediaProduct(product_type, product_id)
+
+
+def _read_product_lines(source: str) -> list[str]:
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read -i {source}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"cannot read -i {source}: not UTF-8 text") from None
+    lines = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            lines.append(line)
+    return lines
+
+
+def _duration(text: str | None, option: str) -> float | None:
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except UsageError as exc:
+        raise UsageError(f"{option}: {exc.message}", hint=exc.hint) from None
+
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Also print log events.")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        _data(f"{PROG} {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            "--home",
+            help=f"Home folder of the store (default ${HOME_ENV} or the user data folder).",
+        ),
+    ] = None,
+    log_file: Annotated[
+        str | None, typer.Option("--log-file", help="Append JSON-lines log events to this file.")
+    ] = None,
+    db_timeout: Annotated[
+        str | None,
+        typer.Option("--db-timeout", help="How long to wait for a locked database (e.g. 30s)."),
+    ] = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = None,
+) -> None:
+    """A resilient download manager for media products."""
+    _globals.home = home.expanduser() if home else None
+    _globals.log_file = log_file
+    _globals.db_timeout = None
+    _output.quiet, _output.verbose = quiet, verbose
+    try:
+        _globals.db_timeout = _duration(db_timeout, "--db-timeout")
+    except UsageError as exc:
+        _fail(exc)
+
+
+# -- commands --------------------------------------------------------------------------------------
+
+
+@app.command()
+def offline(
+    products: Annotated[
+        list[str] | None, typer.Argument(help="URLs or TYPE:ID names (track:42, video:7).")
+    ] = None,
+    input_file: Annotated[
+        str | None, typer.Option("--input", "-i", help="Read one product a line ('-' is stdin).")
+    ] = None,
+    product_id: Annotated[
+        str | None, typer.Option("--id", help="Name a single URL as TYPE:ID.")
+    ] = None,
+    license_url: Annotated[
+        str | None, typer.Option("--license-url", help="Download this license with the media.")
+    ] = None,
+    sha256: Annotated[
+        str | None, typer.Option("--sha256", help="Expected SHA-256 of the media.")
+    ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option("--source", help="Playback-info URL template with {type} and {id}."),
+    ] = None,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="Exit 3 if another process downloads it.")
+    ] = False,
+    retries: Annotated[
+        int | None, typer.Option("--retries", min=0, help="Retries without progress (default 5).")
+    ] = None,
+    stall_timeout: Annotated[
+        str | None, typer.Option("--stall-timeout", help="No bytes for this long is an error.")
+    ] = None,
+    network_timeout: Annotated[
+        str | None,
+        typer.Option("--network-timeout", help="How long to wait for the network to return."),
+    ] = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Download products (media and license) into the offline store."""
+    _set_output(quiet, verbose)
+    try:
+        names = list(products or [])
+        if input_file is not None:
+            names += _read_product_lines(input_file)
+        if not names:
+            raise UsageError("no product given", hint="offline URL... or offline -i FILE")
+        parsed = _parse_offline_products(names, product_id, license_url, sha256)
+        overrides = {
+            "source": source,
+            "retries": retries,
+            "stall_timeout": _duration(stall_timeout, "--stall-timeout"),
+            "network_timeout": _duration(network_timeout, "--network-timeout"),
+        }
+        with _reporting() as reporter:
+            engine = _engine(reporter, **overrides)
+            failures = _offline_all(engine, parsed, wait=not no_wait)
+    except OfflineError as exc:
+        _fail(exc)
+    if failures:
+        raise typer.Exit(max(failures))
+
+
+def _parse_offline_products(
+    names: Sequence[str], product_id: str | None, license_url: str | None, sha256: str | None
+) -> list[MediaProduct]:
+    """Check every name before anything is downloaded: bad input changes nothing."""
+    single_only = (product_id, license_url, sha256)
+    if any(v is not None for v in single_only) and len(names) != 1:
+        raise UsageError("--id, --license-url and --sha256 apply to exactly one product")
+    parsed: list[MediaProduct] = []
+    seen: set[str] = set()
+    for name in names:
+        product = _product_from_name(name)
+        if product_id is not None:
+            if product.url is None:
+                raise UsageError("--id names a URL; give a URL with it")
+            product_type, pid = parse_product_name(product_id)
+            product = MediaProduct(product_type, pid, url=product.url)
+        if license_url is not None:
+            product = MediaProduct(
+                product.product_type,
+                product.product_id,
+                url=product.url,
+                license_url=check_url(license_url),
+            )
+        if sha256 is not None:
+            product = MediaProduct(
+                product.product_type,
+                product.product_id,
+                url=product.url,
+                license_url=product.license_url,
+                sha256=check_sha256(sha256),
+            )
+        if product.key not in seen:
+            seen.add(product.key)
+            parsed.append(product)
+    return parsed
+
+
+def _offline_all(
+    engine: OfflineEngine, products: Sequence[MediaProduct], *, wait: bool
+) -> list[int]:
+    failures: list[int] = []
+    for product in products:
+        try:
+            outcome = engine.offline_product(product, wait=wait)
+        except StorageError:
+            raise
+        except (DownloadError, BusyError, UsageError) as exc:
+            _print_error(_error_line(exc.with_product(product.key)))
+            failures.append(exc.exit_code)
+            continue
+        if outcome is Outcome.ALREADY_OFFLINE:
+            _say(f"{product.key}: already offline and valid, nothing fetched")
+        elif outcome is Outcome.DOWNLOADED_BY_OTHER:
+            _say(f"{product.key}: downloaded by another process")
+    return failures
+
+
+@app.command()
+def state(
+    products: Annotated[list[str] | None, typer.Argument(help="Products (default: all).")] = None,
+    json_out: Json = False,
+) -> None:
+    """Print each product's OfflineState, one line per product."""
+    try:
+        wanted = [_product_from_name(n) for n in products] if products else None
+        engine = _engine()
+        items = wanted if wanted is not None else engine.known_products()
+        rows = []
+        for product in items:
+            offline_state = engine.get_offline_state(product)
+            if not json_out:
+                line = offline_state.value
+                _data(line if wanted is not None else f"{product.key}\t{line}")
+                continue
+            row: dict[str, Any] = {"product": product.key, "state": offline_state.value}
+            download = engine.latest_download(product)
+            if download is not None:
+                row["download"] = {
+                    "state": download.state.value,
+                    "progress": round(download.progress, 4),
+                    "bytes_done": download.bytes_done,
+                    "bytes_total": download.bytes_total,
+                    "attempts": download.attempt_count,
+                    "last_error": download.last_error,
+                }
+            rows.append(row)
+        if json_out:
+            _data(json.dumps(rows, indent=2))
+    except OfflineError as exc:
+        _fail(exc)
+
+
+@app.command()
+def delete(
+    products: Annotated[list[str], typer.Argument(help="Products to remove.")],
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Remove products, their files and their entries (cancels a running download)."""
+    _set_output(quiet, verbose)
+    code = EXIT_OK
+    try:
+        parsed = [_product_from_name(n) for n in products]
+        engine = _engine()
+        for product in parsed:
+            try:
+                removed = engine.delete_offline(product)
+            except BusyError as exc:
+                _print_error(_error_line(exc))
+                code = max(code, exc.exit_code)
+                continue
+            if removed:
+                _say(f"{product.key}: deleted")
+            else:
+                _print_error(f"{product.key}: not in the store")
+                code = max(code, EXIT_FAILED)
+    except OfflineError as exc:
+        _fail(exc)
+    raise typer.Exit(code)
+
+
+@app.command("delete-all")
+def delete_all(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Remove everything in the store."""
+    _set_output(quiet, False)
+    if not yes:
+        if not sys.stdin.isatty():
+            _fail(
+                UsageError("refusing to delete everything without --yes (stdin is not a terminal)")
+            )
+        if not typer.confirm("Delete every offlined product and all partial data?"):
+            _print_error("nothing deleted")
+            raise typer.Exit(EXIT_USAGE)
+    try:
+        engine = _engine()
+        count = len(engine.store.known_product_keys())
+        engine.delete_all_offlined_media_products()
+    except OfflineError as exc:
+        _fail(exc)
+    _say(f"deleted {count} product(s)")
+
+
+@app.command()
+def resume(
+    products: Annotated[list[str] | None, typer.Argument(help="Products (default: all).")] = None,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="Skip downloads another process runs (exit 3).")
+    ] = False,
+    retries: Annotated[int | None, typer.Option("--retries", min=0)] = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Continue interrupted, paused and retryable failed downloads."""
+    _set_output(quiet, verbose)
+    codes: list[int] = []
+    try:
+        wanted = [_product_from_name(n) for n in products] if products else None
+        with _reporting() as reporter:
+            engine = _engine(reporter, retries=retries)
+            todo = engine.resumable_products(wanted)
+            if not todo:
+                _say("nothing to resume")
+                return
+            for result in engine.resume(wanted, wait=not no_wait):
+                if result.error is not None:
+                    _print_error(_error_line(result.error.with_product(result.product.key)))
+                    codes.append(result.error.exit_code)
+    except OfflineError as exc:
+        _fail(exc)
+    if codes:
+        raise typer.Exit(max(codes))
+
+
+@app.command()
+def cleanup(
+    older_than: Annotated[
+        str | None, typer.Option("--older-than", help="Minimum age, e.g. 90s, 30m, 12h, 7d, 0.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would go.")] = False,
+    json_out: Json = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Remove partial data, orphaned files and old failed/cancelled entries."""
+    _set_output(quiet, verbose)
+    try:
+        age = _duration(older_than, "--older-than")
+        engine = _engine()
+        report = engine.perform_maintenance_cleanup(age, dry_run=dry_run)
+    except OfflineError as exc:
+        _fail(exc)
+    if json_out:
+        _data(json.dumps(report.to_dict(), indent=2))
+        return
+    verb = "would remove" if dry_run else "removed"
+    for item in report.items:
+        what = item.path or f"entry of {item.product_key}"
+        _data(f"{verb} {item.kind}: {what} ({_human_bytes(item.bytes)})")
+    _say(
+        f"{verb} {report.files_removed} file(s) and {report.entries_removed} entr(y/ies), "
+        f"{_human_bytes(report.bytes_reclaimed)}"
+    )
+
+
+@app.command()
+def validate(
+    products: Annotated[list[str] | None, typer.Argument(help="Products (default: all).")] = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Download invalid products again.")
+    ] = False,
+    json_out: Json = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Check stored products in full (files, size, SHA-256, license); exit 1 if any is invalid."""
+    _set_output(quiet, verbose)
+    try:
+        wanted = [_product_from_name(n) for n in products] if products else None
+        with _reporting() as reporter:
+            engine = _engine(reporter)
+            results = engine.validate_downloads(wanted, repair=repair)
+    except OfflineError as exc:
+        _fail(exc)
+    if json_out:
+        _data(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        for r in results:
+            if r.valid:
+                _data(f"{r.product_key}\tVALID" + ("\t(repaired)" if r.repaired else ""))
+            else:
+                extra = f" (repair failed: {r.repair_error})" if r.repair_error else ""
+                _data(f"{r.product_key}\tINVALID\t{r.reason}{extra}")
+        if not results:
+            _say("nothing to validate")
+    if any(not r.valid for r in results):
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def health(
+    json_out: Json = False,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only events in this window, e.g. 7d.")
+    ] = None,
+) -> None:
+    """Report recorded download metrics."""
+    try:
+        window = _duration(since, "--since")
+        engine = _engine()
+        report = engine.get_download_health(window)
+    except OfflineError as exc:
+        _fail(exc)
+    if json_out:
+        _data(json.dumps(report.to_dict(), indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="offline-cli health", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x * 100:.1f}%"
+
+    rows = [
+        ("downloads started", str(report.downloads_started)),
+        ("downloads succeeded", str(report.downloads_succeeded)),
+        ("downloads failed", str(report.downloads_failed)),
+        ("success rate", pct(report.success_rate)),
+        ("retries", str(report.retries)),
+        ("retry success rate", pct(report.retry_success_rate)),
+        ("recoveries after a crash", str(report.recoveries)),
+        ("network pauses", str(report.network_pauses)),
+        ("bytes downloaded", _human_bytes(report.bytes_downloaded)),
+        (
+            "mean throughput",
+            "-"
+            if report.mean_throughput_bytes_per_s is None
+            else _human_bytes(report.mean_throughput_bytes_per_s) + "/s",
+        ),
+        ("entries cleaned up", str(report.cleaned_up)),
+        ("bytes reclaimed", _human_bytes(report.bytes_reclaimed)),
+        ("offlined products", str(report.offlined_products)),
+        ("active downloads", str(report.active_downloads)),
+    ]
+    for kind, count in sorted(report.failures_by_kind.items()):
+        rows.append((f"failures: {kind}", str(count)))
+    for name, value in rows:
+        table.add_row(name, value)
+    console = Console(highlight=False)
+    console.print(table)
+    if report.per_day:
+        console.print("per day (+ succeeded, x failed):")
+        for day, counts in report.per_day.items():
+            ok, bad = counts.get("succeeded", 0), counts.get("failed", 0)
+            console.print(f"  {day} {'+' * min(ok, 50)}{'x' * min(bad, 50)} {ok}/{ok + bad}")
+
+
+@app.command("config")
+def show_config(json_out: Json = False) -> None:
+    """Show the effective settings and where each came from."""
+    try:
+        home = _globals.home or default_home()
+        settings: Settings = load_settings(home)
+    except OfflineError as exc:
+        _fail(exc)
+    items = settings.public_items()
+    if json_out:
+        _data(
+            json.dumps(
+                {
+                    "home": str(home),
+                    "config_file": str(config_file_path(home)),
+                    "settings": {n: {"value": v, "origin": o} for n, v, o in items},
+                },
+                indent=2,
+            )
+        )
+        return
+    _data(f"home\t{home}")
+    _data(f"config_file\t{config_file_path(home)}")
+    for name, value, origin in items:
+        _data(f"{name}\t{value}\t({origin})")
+
+
+# -- entry point ---------------------------------------------------------------------------------
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point: runs the app, mapping signals to exit codes."""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        app(args=list(argv) if argv is not None else None, prog_name=PROG)
+    except KeyboardInterrupt:
+        _print_error("interrupted; the download was saved as PAUSED (run `offline-cli resume`)")
+        sys.exit(EXIT_SIGINT)
+    except Terminated:
+        _print_error("terminated; the download was saved as PAUSED (run `offline-cli resume`)")
+        sys.exit(EXIT_SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,951 @@
+"""OfflineEngine: orchestrates products, locks, retries, commits and listener events.
+
+httpx is imported only when something is downloaded, so read commands stay light.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from filelock import FileLock, Timeout
+
+from offline_cli.config import Settings, load_settings
+from offline_cli.errors import (
+    BusyError,
+    ChecksumMismatch,
+    DownloadCancelled,
+    DownloadError,
+    NetworkError,
+    OfflineError,
+    PermanentError,
+    StorageError,
+    UsageError,
+)
+from offline_cli.listener import OfflineEngineListener
+from offline_cli.models import (
+    DownloadEntry,
+    DownloadState,
+    ErrorKind,
+    MediaProduct,
+    OfflinedEntry,
+    OfflineState,
+    ProductType,
+)
+from offline_cli.paths import Layout, default_home, safe_remove, safe_remove_tree
+from offline_cli.store import Store
+
+if TYPE_CHECKING:
+    import httpx
+
+    from offline_cli.maintenance import CleanupReport, DownloadHealthReport, ValidationResult
+    from offline_cli.network import NetworkMonitor
+    from offline_cli.transfer import Checkpoint, TransferResult
+
+log = logging.getLogger("offline_cli")
+
+# How often progress is written to the database (and a cancel request is noticed).
+PROGRESS_PERSIST_INTERVAL_S = 0.5
+# How often the listener hears progress.
+PROGRESS_NOTIFY_INTERVAL_S = 0.1
+# How long delete waits for a running download in another process to stop.
+CANCEL_WAIT_S = 10.0
+LOCK_POLL_S = 0.05
+
+_RUNNABLE_STATES = (DownloadState.PENDING, DownloadState.IN_PROGRESS, DownloadState.PAUSED)
+_RETRYABLE_KINDS = (ErrorKind.NETWORK, ErrorKind.SERVER, ErrorKind.UNKNOWN)
+
+
+class Outcome(enum.Enum):
+    """What ``offline_product`` did."""
+
+    DOWNLOADED = "downloaded"
+    ALREADY_OFFLINE = "already offline"
+    DOWNLOADED_BY_OTHER = "downloaded by another process"
+
+
+class CoordinationState(enum.Enum):
+    """Media and license of one product move through these together."""
+
+    WAITING_FOR_LICENSE = "waiting for license"
+    WAITING_FOR_MEDIA = "waiting for media"
+    BOTH_COMPLETED = "both completed"
+    FAILED = "failed"
+
+
+_COORDINATION_NEXT = {
+    CoordinationState.WAITING_FOR_LICENSE: {
+        CoordinationState.WAITING_FOR_MEDIA,
+        CoordinationState.FAILED,
+    },
+    CoordinationState.WAITING_FOR_MEDIA: {
+        CoordinationState.BOTH_COMPLETED,
+        CoordinationState.FAILED,
+    },
+    CoordinationState.BOTH_COMPLETED: set(),
+    CoordinationState.FAILED: set(),
+}
+
+
+class CoordinatedDownload:
+    """License first (small, and the likelier to be refused), then media; committed only
+    when both are complete, and a failure of either removes both."""
+
+    def __init__(self, has_license: bool) -> None:
+        self.state = (
+            CoordinationState.WAITING_FOR_LICENSE
+            if has_license
+            else CoordinationState.WAITING_FOR_MEDIA
+        )
+
+    def advance(self, new_state: CoordinationState) -> None:
+        if new_state not in _COORDINATION_NEXT[self.state]:
+            raise RuntimeError(f"coordination: {self.state.value} -> {new_state.value}")
+        self.state = new_state
+
+
+@dataclass(frozen=True)
+class ResumeResult:
+    product: MediaProduct
+    outcome: Outcome | None
+    error: OfflineError | None
+
+
+class OfflineEngine:
+    """The offline store of one home folder, and everything that downloads into it."""
+
+    def __init__(
+        self,
+        home: str | Path | None = None,
+        listener: OfflineEngineListener | None = None,
+        *,
+        settings: Settings | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+        disk_free: Callable[[Path], int] | None = None,
+        network_monitor: NetworkMonitor | None = None,
+    ) -> None:
+        self.layout = Layout(Path(home).expanduser() if home is not None else default_home())
+        self.settings = settings if settings is not None else load_settings(self.layout.home)
+        self.listener = listener or OfflineEngineListener()
+        self._transport = transport
+        self._sleep = sleep
+        self._clock = clock
+        self._monotonic = monotonic
+        self._rand = rand
+        self._disk_free = disk_free or (lambda p: shutil.disk_usage(p).free)
+        self._network_monitor = network_monitor
+        self._store: Store | None = None
+
+    # -- infrastructure -------------------------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self.layout.ensure()
+            self._store = Store(
+                self.layout.database, busy_timeout_s=self.settings.db_timeout, clock=self._clock
+            )
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self) -> OfflineEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _lock(self, product_key: str) -> FileLock:
+        self.layout.locks_dir.mkdir(parents=True, exist_ok=True)
+        # flock-based: the kernel drops it when the process dies, even on kill -9.
+        return FileLock(self.layout.lock_path(product_key), is_singleton=False)
+
+    def is_running_elsewhere(self, product_key: str) -> bool:
+        """True when a live process holds the product's download lock."""
+        lock = self._lock(product_key)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        lock.release()
+        return False
+
+    def _client(self) -> httpx.Client:
+        from offline_cli.transfer import make_client
+
+        return make_client(
+            stall_timeout_s=self.settings.stall_timeout,
+            connect_timeout_s=self.settings.connect_timeout,
+            transport=self._transport,
+        )
+
+    def _monitor(self) -> NetworkMonitor:
+        if self._network_monitor is None:
+            from offline_cli.network import NetworkMonitor
+
+            self._network_monitor = NetworkMonitor(sleep=self._sleep, clock=self._monotonic)
+        return self._network_monitor
+
+    def _event(self, event: str, **fields: Any) -> None:
+        log.info(event, extra={"event": event, "fields": fields})
+
+    def _record(self, event: str, **fields: Any) -> None:
+        """Record a metric event; metrics never break a download."""
+        try:
+            self.store.record_event(event, **fields)
+        except StorageError as exc:  # pragma: no cover - only when the disk is failing
+            log.warning("metric not recorded: %s", exc)
+
+    # -- state ----------------------------------------------------------------------------
+
+    def get_offline_state(self, product: MediaProduct) -> OfflineState:
+        entry = self.store.get_offlined(product.key)
+        if entry is None:
+            return OfflineState.NOT_OFFLINED
+        return (
+            OfflineState.OFFLINED_AND_VALID
+            if self._quick_valid(entry) is None
+            else (OfflineState.OFFLINED_BUT_NOT_VALID)
+        )
+
+    def _quick_valid(self, entry: OfflinedEntry) -> str | None:
+        """None when valid by the cheap check (size and mtime), else the reason."""
+        if entry.invalid_reason:
+            return entry.invalid_reason
+        try:
+            info = os.stat(entry.media_path, follow_symlinks=False)
+        except OSError:
+            return "media file missing"
+        if info.st_size != entry.size or info.st_mtime_ns != entry.mtime_ns:
+            return "media file changed"
+        if entry.license_path is not None:
+            try:
+                license_info = os.stat(entry.license_path, follow_symlinks=False)
+            except OSError:
+                return "license file missing"
+            if license_info.st_size != entry.license_size:
+                return "license file changed"
+        if entry.license_expires_at is not None and entry.license_expires_at <= self._clock():
+            return "license expired"
+        return None
+
+    def latest_download(self, product: MediaProduct) -> DownloadEntry | None:
+        return self.store.latest_download(product.key)
+
+    def known_products(self) -> list[MediaProduct]:
+        products: list[MediaProduct] = []
+        for key in self.store.known_product_keys():
+            products.append(self.product_for_key(key))
+        return products
+
+    def product_for_key(self, key: str) -> MediaProduct:
+        """The product a stored key names, with the URLs the store remembers."""
+        offlined = self.store.get_offlined(key)
+        if offlined is not None:
+            return MediaProduct(
+                offlined.product_type,
+                offlined.product_id,
+                url=offlined.source_url,
+                license_url=offlined.license_url,
+            )
+        download = self.store.latest_download(key)
+        if download is not None:
+            return MediaProduct(
+                download.product_type,
+                download.product_id,
+                url=download.media_url,
+                license_url=download.license_url,
+                sha256=download.expected_sha256,
+            )
+        if "://" in key:
+            return MediaProduct(ProductType.FILE, key, url=key)
+        type_name, _, product_id = key.partition(":")
+        return MediaProduct(ProductType(type_name), product_id)
+
+    # -- offline ---------------------------------------------------------------------------
+
+    def offline(self, product: MediaProduct) -> bool:
+        """Download ``product``; False when it was already OFFLINED_AND_VALID.
+
+        Raises a DownloadError subclass when the download fails for good (the listener hears
+        ``offlining_failed`` first).
+        """
+        return self.offline_product(product) is Outcome.DOWNLOADED
+
+    def offline_product(self, product: MediaProduct, *, wait: bool = True) -> Outcome:
+        lock = self._lock(product.key)
+        waited = False
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if not wait:
+                entry = self.store.latest_download(product.key)
+                raise BusyError(
+                    "another process is downloading it"
+                    + (f" (pid {entry.owner_pid})" if entry and entry.owner_pid else ""),
+                    product=product.key,
+                    hint="run again without --no-wait to wait for it",
+                ) from None
+            entry = self.store.latest_download(product.key)
+            self.listener.offlining_waiting_for_other(product, entry.owner_pid if entry else None)
+            self._event("waiting_for_other_process", product=product.key)
+            lock.acquire(timeout=-1, poll_interval=LOCK_POLL_S)
+            waited = True
+        try:
+            if waited:
+                outcome = self._outcome_of_other(product)
+                if outcome is not None:
+                    return outcome
+            if self.get_offline_state(product) is OfflineState.OFFLINED_AND_VALID:
+                return Outcome.ALREADY_OFFLINE
+            self._download(product)
+            return Outcome.DOWNLOADED
+        finally:
+            lock.release()
+
+    def _outcome_of_other(self, product: MediaProduct) -> Outcome | None:
+        """After waiting: report what the other process achieved, or None to carry on."""
+        if self.get_offline_state(product) is OfflineState.OFFLINED_AND_VALID:
+            self.listener.offlining_started(product)
+            self.listener.offlining_completed(product)
+            return Outcome.DOWNLOADED_BY_OTHER
+        entry = self.store.latest_download(product.key)
+        if entry is None:
+            # Deleted while we waited: the other download was cancelled.
+            error: OfflineError = DownloadCancelled(
+                "the download this one waited for was cancelled", product=product.key
+            )
+        elif entry.state is DownloadState.CANCELLED:
+            error = DownloadCancelled("the download was cancelled", product=product.key)
+        elif entry.state is DownloadState.FAILED and entry.error_kind is ErrorKind.PERMANENT:
+            error = PermanentError(entry.last_error or "failed", product=product.key)
+        else:
+            return None  # interrupted or retryable: continue it here
+        self.listener.offlining_started(product)
+        self.listener.offlining_failed(product, error)
+        raise error
+
+    def _resolve(self, product: MediaProduct, client: httpx.Client) -> MediaProduct:
+        """Fill in URLs from the playback-info source when the product has none."""
+        if product.url is not None:
+            return product
+        template = self.settings.source
+        if template is None:
+            raise UsageError(
+                f"no URL and no playback-info source for {product.key}",
+                product=product.key,
+                hint="give a URL, --source TEMPLATE, $OFFLINE_CLI_SOURCE or `source` in config",
+            )
+        from offline_cli.playback import fetch_playback_info
+        from offline_cli.retry import RetryHooks, execute
+
+        info = execute(
+            lambda: fetch_playback_info(client, template, product, self.settings.stall_timeout),
+            self._policy(),
+            RetryHooks(
+                sleep=self._sleep,
+                clock=self._clock,
+                made_progress=lambda: False,
+                on_retry=lambda e, a, d, r: self.listener.offlining_retrying(product, a, d, r),
+                rand=self._rand,
+            ),
+        )
+        if info.is_hls:
+            raise PermanentError(
+                f"HLS playlists ({info.manifest_mime_type}) are not supported yet",
+                product=product.key,
+                url=info.url,
+            )
+        return MediaProduct(
+            product.product_type,
+            product.product_id,
+            url=info.url,
+            license_url=product.license_url or info.license_url,
+            sha256=product.sha256 or info.sha256,
+            size=info.size,
+            license_expires_at=info.license_expires_at,
+        )
+
+    def _policy(self) -> Any:
+        from offline_cli.retry import RetryPolicy
+
+        return RetryPolicy(
+            retries=self.settings.retries if self.settings.download_retry else 0,
+            backoff_base=self.settings.backoff_base,
+            backoff_max=self.settings.backoff_max,
+            retry_after_max=self.settings.retry_after_max,
+        )
+
+    def _find_resumable(self, product: MediaProduct) -> DownloadEntry | None:
+        """The unfinished download of this product to continue (we hold its lock)."""
+        entry = self.store.latest_download(product.key)
+        if entry is None or entry.media_url != product.url:
+            return None
+        if entry.license_url != product.license_url:
+            return None
+        if entry.state in _RUNNABLE_STATES:
+            return entry
+        if entry.state is DownloadState.FAILED and entry.error_kind in _RETRYABLE_KINDS:
+            return entry
+        return None
+
+    def _download(self, product: MediaProduct) -> None:
+        """Download, verify and commit one product; we hold its lock."""
+        started = self._monotonic()
+        entry: DownloadEntry | None = None
+        self.listener.offlining_started(product)
+        try:
+            with self._client() as client:
+                product = self._resolve(product, client)
+                entry = self._prepare_entry(product)
+                self._record("download_started", product_key=product.key)
+                self._event("state_changed", product=product.key, to="IN_PROGRESS")
+                run = _ProductRun(self, product, entry, client)
+                run.run()
+                self._record(
+                    "download_succeeded",
+                    product_key=product.key,
+                    duration_s=self._monotonic() - started,
+                    bytes=run.bytes_fetched,
+                    attempts=run.retries,
+                )
+        except OfflineError as exc:
+            self._fail(product, entry, exc)
+            raise
+        except BaseException as exc:
+            # KeyboardInterrupt, Terminated, or a bug: keep the bytes, pause the entry.
+            self._pause_after_interrupt(product, entry, exc)
+            raise
+        self._event("state_changed", product=product.key, to="COMPLETED")
+        self.listener.offlining_completed(product)
+
+    def _prepare_entry(self, product: MediaProduct) -> DownloadEntry:
+        downloads = self.store.downloads
+        entry = self._find_resumable(product) if self.settings.download_recovery else None
+        if entry is not None:
+            if entry.state in (DownloadState.IN_PROGRESS, DownloadState.PENDING):
+                # Its owner is gone (we hold the lock): a crash. Continue from the disk.
+                self._record("download_recovered", product_key=product.key)
+                self._event(
+                    "download_recovered",
+                    product=product.key,
+                    bytes_on_disk=entry.bytes_done,
+                    dead_pid=entry.owner_pid,
+                )
+            downloads.transition(
+                entry.id,
+                DownloadState.IN_PROGRESS,
+                owner_pid=os.getpid(),
+                cancel_requested=False,
+                last_error=None,
+                error_kind=None,
+            )
+        else:
+            for stale in self.store.list_downloads(
+                [*_RUNNABLE_STATES, DownloadState.FAILED], product_key=product.key
+            ):
+                self._discard_partials(stale)
+                downloads.transition(stale.id, DownloadState.CANCELLED, owner_pid=None)
+            entry = downloads.create(
+                product_key=product.key,
+                product_type=product.product_type,
+                product_id=product.product_id,
+                media_url=product.url,
+                license_url=product.license_url,
+                expected_sha256=product.sha256,
+                partial_media_path=self.layout.partial_media_path,
+                partial_license_path=self.layout.partial_license_path,
+            )
+            downloads.transition(entry.id, DownloadState.IN_PROGRESS, owner_pid=os.getpid())
+        fresh = self.store.get_download(entry.id)
+        assert fresh is not None
+        return fresh
+
+    def _discard_partials(self, entry: DownloadEntry) -> int:
+        freed = 0
+        for raw in (entry.partial_media_path, entry.partial_license_path):
+            if raw:
+                freed += safe_remove(self.layout, Path(raw))
+        offlined = self.store.get_offlined(entry.product_key)
+        committed = (offlined.media_path, offlined.license_path) if offlined else ()
+        for final in (
+            self.layout.final_media_path(entry.product_key, entry.id),
+            self.layout.final_license_path(entry.product_key, entry.id),
+        ):
+            if str(final) not in committed:
+                freed += safe_remove(self.layout, final)
+        return freed
+
+    def _fail(
+        self, product: MediaProduct, entry: DownloadEntry | None, error: OfflineError
+    ) -> None:
+        from offline_cli.retry import classify
+
+        kind = classify(error)
+        if entry is not None:
+            current = self.store.get_download(entry.id)
+            keep_partials = kind in _RETRYABLE_KINDS and self.settings.download_recovery
+            if not keep_partials:
+                # Nothing left behind: permanent failures and cancellations drop their bytes.
+                self._discard_partials(entry)
+            if current is not None and not current.state.is_terminal:
+                if kind is ErrorKind.CANCELLED:
+                    self.store.downloads.transition(
+                        entry.id, DownloadState.CANCELLED, owner_pid=None, last_error=str(error)
+                    )
+                else:
+                    self.store.downloads.mark_failed(entry.id, str(error), kind)
+            self._record(
+                "download_failed",
+                product_key=product.key,
+                error_kind=kind.value,
+                attempts=current.attempt_count if current else None,
+                detail=str(error),
+            )
+        self._event("download_failed", product=product.key, kind=kind.value, error=str(error))
+        self.listener.offlining_failed(product, error)
+
+    def _pause_after_interrupt(
+        self, product: MediaProduct, entry: DownloadEntry | None, exc: BaseException
+    ) -> None:
+        if entry is not None:
+            with suppress(Exception):
+                current = self.store.get_download(entry.id)
+                if current is not None and current.state in (
+                    DownloadState.IN_PROGRESS,
+                    DownloadState.PENDING,
+                ):
+                    self.store.downloads.transition(
+                        entry.id, DownloadState.PAUSED, owner_pid=None, last_error="interrupted"
+                    )
+        self._event("download_paused", product=product.key, reason=type(exc).__name__)
+        self.listener.offlining_failed(
+            product,
+            DownloadError("interrupted; saved as PAUSED", product=product.key, hint="run `resume`"),
+        )
+
+    # -- delete ------------------------------------------------------------------------------
+
+    def delete_offline(self, product: MediaProduct) -> bool:
+        """Remove ``product``: cancel a running download, then its files and entries."""
+        removed = self._delete_key(product.key)
+        if removed:
+            self.listener.offlined_deleted(product)
+        return removed
+
+    def _delete_key(self, key: str) -> bool:
+        store = self.store
+        lock = self._lock(key)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            store.downloads.request_cancel(key)
+            self._event("cancel_requested", product=key)
+            try:
+                lock.acquire(timeout=CANCEL_WAIT_S, poll_interval=LOCK_POLL_S)
+            except Timeout:
+                raise BusyError(
+                    f"the running download did not stop within {CANCEL_WAIT_S:g}s",
+                    product=key,
+                    hint="try again in a moment",
+                ) from None
+        try:
+            offlined = store.get_offlined(key)
+            downloads = store.list_downloads(product_key=key)
+            if offlined is None and not downloads:
+                return False
+            for entry in downloads:
+                self._discard_partials(entry)
+            if offlined is not None:
+                safe_remove(self.layout, Path(offlined.media_path))
+                if offlined.license_path:
+                    safe_remove(self.layout, Path(offlined.license_path))
+            with store.transaction():
+                store.delete_offlined(key)
+                store.delete_downloads(key)
+            product_dir = self.layout.product_dir(key)
+            safe_remove_tree(self.layout, product_dir)
+            self._event("product_deleted", product=key)
+            return True
+        finally:
+            lock.release()
+
+    def delete_all_offlined_media_products(self) -> bool:
+        """Remove every product, its files and entries; never follows a link out of home."""
+        keys = self.store.known_product_keys()
+        for key in keys:
+            self._delete_key(key)
+        # Anything else in the store and partial folders is an orphan of nothing.
+        for folder in (self.layout.store_dir, self.layout.partial_dir):
+            if folder.is_symlink():
+                folder.unlink()
+                continue
+            if folder.exists():
+                for child in list(folder.iterdir()):
+                    if child.is_dir() and not child.is_symlink():
+                        safe_remove_tree(self.layout, child)
+                    else:
+                        safe_remove(self.layout, child)
+        self.listener.all_offlined_media_products_deleted()
+        self._event("all_deleted", count=len(keys))
+        return True
+
+    # -- resume ----------------------------------------------------------------------------------
+
+    def resumable_products(
+        self, products: Sequence[MediaProduct] | None = None
+    ) -> list[MediaProduct]:
+        """Interrupted, paused and retryable failed downloads (of ``products``, else all)."""
+        wanted = {p.key for p in products} if products is not None else None
+        found: dict[str, MediaProduct] = {}
+        for entry in self.store.list_downloads([*_RUNNABLE_STATES, DownloadState.FAILED]):
+            if wanted is not None and entry.product_key not in wanted:
+                continue
+            if entry.state is DownloadState.FAILED and entry.error_kind not in _RETRYABLE_KINDS:
+                continue
+            latest = self.store.latest_download(entry.product_key)
+            if latest is None or latest.id != entry.id:
+                continue
+            found[entry.product_key] = MediaProduct(
+                entry.product_type,
+                entry.product_id,
+                url=entry.media_url,
+                license_url=entry.license_url,
+                sha256=entry.expected_sha256,
+            )
+        return list(found.values())
+
+    def resume(
+        self, products: Sequence[MediaProduct] | None = None, *, wait: bool = True
+    ) -> list[ResumeResult]:
+        """Continue every resumable download; a download another process runs is skipped."""
+        results: list[ResumeResult] = []
+        for product in self.resumable_products(products):
+            if self.is_running_elsewhere(product.key) and not wait:
+                results.append(
+                    ResumeResult(product, None, BusyError("running elsewhere", product=product.key))
+                )
+                continue
+            try:
+                outcome = self.offline_product(product, wait=wait)
+            except (DownloadError, BusyError, UsageError) as exc:
+                results.append(ResumeResult(product, None, exc))
+            else:
+                results.append(ResumeResult(product, outcome, None))
+        return results
+
+    # -- maintenance, validation, health (see maintenance.py) -------------------------------------
+
+    def perform_maintenance_cleanup(
+        self, older_than_s: float | None = None, *, dry_run: bool = False
+    ) -> CleanupReport:
+        from offline_cli.maintenance import CleanupManager
+
+        age = self.settings.retention if older_than_s is None else older_than_s
+        return CleanupManager(self).run(older_than_s=age, dry_run=dry_run)
+
+    def validate_downloads(
+        self,
+        products: Sequence[MediaProduct] | None = None,
+        *,
+        repair: bool = False,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> list[ValidationResult]:
+        from offline_cli.maintenance import Validator
+
+        return Validator(self).run(products, repair=repair, on_progress=on_progress)
+
+    def get_download_health(self, since_s: float | None = None) -> DownloadHealthReport:
+        from offline_cli.maintenance import build_health_report
+
+        return build_health_report(self, since_s)
+
+
+class _ProductRun(OfflineEngineListener):
+    """One run of one product's download: license and media transfers, verify, commit."""
+
+    def __init__(
+        self,
+        engine: OfflineEngine,
+        product: MediaProduct,
+        entry: DownloadEntry,
+        client: httpx.Client,
+    ) -> None:
+        self.engine = engine
+        self.product = product
+        self.entry = entry
+        self.client = client
+        self.coordination = CoordinatedDownload(has_license=product.license_url is not None)
+        self.resume_info: dict[str, dict[str, str | int | None]] = dict(entry.resume_info)
+        self.sizes: dict[str, tuple[int, int | None]] = {}
+        self.bytes_fetched = 0
+        self.retries = 0
+        self._last_persist = 0.0
+        self._last_notify = 0.0
+        self._last_fraction = -1.0
+        self._cancel_seen = False
+
+    # -- progress and cancellation --------------------------------------------------------------
+
+    def _totals(self) -> tuple[int, int | None]:
+        done = sum(d for d, _ in self.sizes.values())
+        totals = [t for _, t in self.sizes.values()]
+        expected_parts = 2 if self.product.license_url else 1
+        if len(totals) < expected_parts or any(t is None for t in totals):
+            total = None
+            if self.product.size is not None and not self.product.license_url:
+                total = self.product.size
+        else:
+            total = sum(t for t in totals if t is not None)
+        return done, total
+
+    def _progress(self, part: str, done: int, total: int | None) -> None:
+        self.sizes[part] = (done, total)
+        all_done, all_total = self._totals()
+        now = self.engine._monotonic()
+        finished = all_total is not None and all_done >= all_total
+        if finished or now - self._last_notify >= PROGRESS_NOTIFY_INTERVAL_S:
+            self._last_notify = now
+            self.engine.listener.offlining_bytes(self.product, all_done, all_total)
+            if all_total:
+                fraction = min(1.0, all_done / all_total)
+                if fraction != self._last_fraction:
+                    self._last_fraction = fraction
+                    self.engine.listener.offlining_progressed(self.product, fraction)
+        if now - self._last_persist >= PROGRESS_PERSIST_INTERVAL_S:
+            self._last_persist = now
+            cancelled = self.engine.store.downloads.update_progress(
+                self.entry.id, bytes_done=all_done, bytes_total=all_total
+            )
+            self._cancel_seen = self._cancel_seen or cancelled
+
+    def _check_stop(self) -> None:
+        if self._cancel_seen:
+            raise DownloadCancelled(
+                "cancelled: deleted by another process", product=self.product.key
+            )
+
+    def _interruptible_sleep(self, seconds: float) -> None:
+        """Sleep in slices so a delete from another process is noticed within ~1 s."""
+        deadline = self.engine._monotonic() + seconds
+        while True:
+            remaining = deadline - self.engine._monotonic()
+            if remaining <= 0:
+                return
+            self.engine._sleep(min(remaining, PROGRESS_PERSIST_INTERVAL_S))
+            if self.engine.store.downloads.is_cancel_requested(self.entry.id):
+                self._cancel_seen = True
+                self._check_stop()
+
+    # -- network observer -----------------------------------------------------------------------
+
+    def network_did_disconnect(self, host: str) -> None:
+        self.engine.store.downloads.transition(self.entry.id, DownloadState.PAUSED)
+        self.engine._record("network_pause", product_key=self.product.key, detail=host)
+        self.engine._event("network_paused", product=self.product.key, host=host)
+        self.engine.listener.offlining_paused(self.product, f"waiting for network ({host})")
+
+    def network_did_connect(self, host: str) -> None:
+        self.engine.store.downloads.transition(self.entry.id, DownloadState.IN_PROGRESS)
+        self.engine._event("network_resumed", product=self.product.key, host=host)
+        self.engine.listener.offlining_unpaused(self.product)
+
+    # -- transfers ------------------------------------------------------------------------------
+
+    def _checkpoint_saver(self, part: str) -> Callable[[Checkpoint], None]:
+        def save(checkpoint: Checkpoint) -> None:
+            self.resume_info[part] = checkpoint.to_dict()
+            self.engine.store.downloads.set_resume_info(self.entry.id, self.resume_info)
+
+        return save
+
+    def _transfer(self, part: str, url: str, partial: Path) -> TransferResult:
+        from offline_cli.retry import RetryHooks, execute
+        from offline_cli.transfer import Checkpoint, Transfer
+
+        engine = self.engine
+        transfer = Transfer(
+            self.client,
+            url,
+            partial,
+            product=self.product.key,
+            checkpoint=Checkpoint.from_dict(self.resume_info.get(part), url),
+            on_checkpoint=self._checkpoint_saver(part),
+            on_progress=lambda done, total: self._progress(part, done, total),
+            check_stop=self._check_stop,
+            disk_free=engine._disk_free,
+            stall_timeout_s=engine.settings.stall_timeout,
+        )
+        seen = {"bytes": transfer.bytes_on_disk}
+
+        def made_progress() -> bool:
+            now = transfer.bytes_on_disk
+            moved = now > seen["bytes"]
+            seen["bytes"] = now
+            return moved
+
+        def on_retry(error: DownloadError, attempt: int, delay: float, reason: str) -> None:
+            self.retries += 1
+            engine.store.downloads.set_attempts(self.entry.id, attempt, str(error))
+            engine._record(
+                "retry",
+                product_key=self.product.key,
+                error_kind=error.kind,
+                attempts=attempt,
+                detail=reason,
+            )
+            engine._event(
+                "retry_scheduled",
+                product=self.product.key,
+                attempt=attempt,
+                delay_s=round(delay, 3),
+                reason=reason,
+                error=str(error),
+            )
+            engine.listener.offlining_retrying(self.product, attempt, delay, reason)
+
+        def wait_out_outage(error: DownloadError) -> bool | None:
+            if not (
+                engine.settings.network_aware_downloads
+                and isinstance(error, NetworkError)
+                and error.host_unreachable
+                and transfer.host_answered
+            ):
+                return None
+            monitor = engine._monitor()
+            monitor.add_observer(self)
+            try:
+                return monitor.wait_until_reachable(url, engine.settings.network_timeout)
+            finally:
+                monitor.remove_observer(self)
+                self._check_stop()
+
+        try:
+            result = execute(
+                transfer.attempt,
+                engine._policy(),
+                RetryHooks(
+                    sleep=self._interruptible_sleep,
+                    clock=engine._clock,
+                    made_progress=made_progress,
+                    on_retry=on_retry,
+                    wait_out_outage=wait_out_outage,
+                    rand=engine._rand,
+                ),
+            )
+        finally:
+            self.bytes_fetched += transfer.stats.bytes_fetched
+        return result
+
+    def run(self) -> None:
+        layout = self.engine.layout
+        self._restore_from_interrupted_commit()
+        license_result = None
+        if self.coordination.state is CoordinationState.WAITING_FOR_LICENSE:
+            assert self.product.license_url and self.entry.partial_license_path
+            license_result = self._transfer(
+                "license", self.product.license_url, Path(self.entry.partial_license_path)
+            )
+            self.coordination.advance(CoordinationState.WAITING_FOR_MEDIA)
+        assert self.product.url and self.entry.partial_media_path
+        media = self._transfer("media", self.product.url, Path(self.entry.partial_media_path))
+        self._verify(media)
+        self.coordination.advance(CoordinationState.BOTH_COMPLETED)
+        self._check_stop()
+        self._commit(media, license_result, layout)
+
+    def _verify(self, media: TransferResult) -> None:
+        expected = self.product.sha256 or self.entry.expected_sha256
+        if expected and media.sha256 != expected.lower():
+            raise ChecksumMismatch(
+                f"checksum mismatch: expected SHA-256 {expected}, got {media.sha256}",
+                product=self.product.key,
+                url=self.product.url,
+                hint="the server sent different bytes; nothing was kept",
+            )
+        if self.product.size is not None and media.size != self.product.size:
+            raise ChecksumMismatch(
+                f"size mismatch: expected {self.product.size} bytes, got {media.size}",
+                product=self.product.key,
+                url=self.product.url,
+            )
+
+    def _restore_from_interrupted_commit(self) -> None:
+        """A crash between the renames and the database commit left final files behind:
+        move them back to the partial paths so the commit is simply done again."""
+        layout = self.engine.layout
+        pairs = [
+            (
+                self.entry.partial_media_path,
+                layout.final_media_path(self.product.key, self.entry.id),
+            ),
+            (
+                self.entry.partial_license_path,
+                layout.final_license_path(self.product.key, self.entry.id),
+            ),
+        ]
+        for partial, final in pairs:
+            if partial and not Path(partial).exists() and final.exists():
+                os.replace(final, partial)
+
+    def _commit(
+        self, media: TransferResult, license_result: TransferResult | None, layout: Layout
+    ) -> None:
+        key = self.product.key
+        final_media = layout.final_media_path(key, self.entry.id)
+        final_license = layout.final_license_path(key, self.entry.id) if license_result else None
+        final_media.parent.mkdir(parents=True, exist_ok=True)
+        if license_result is not None and final_license is not None:
+            os.replace(license_result.path, final_license)
+        os.replace(media.path, final_media)
+        _fsync_dir(final_media.parent)
+        expires = self.product.license_expires_at
+        offlined = OfflinedEntry(
+            product_key=key,
+            product_type=self.product.product_type,
+            product_id=self.product.product_id,
+            media_path=str(final_media),
+            license_path=str(final_license) if final_license else None,
+            size=media.size,
+            sha256=media.sha256,
+            license_size=license_result.size if license_result else None,
+            license_sha256=license_result.sha256 if license_result else None,
+            etag=media.etag,
+            last_modified=media.last_modified,
+            license_expires_at=expires.timestamp() if isinstance(expires, datetime) else None,
+            source_url=self.product.url or "",
+            license_url=self.product.license_url,
+            mtime_ns=final_media.stat().st_mtime_ns,
+            completed_at=self.engine._clock(),
+        )
+        old = self.engine.store.commit_product(self.entry.id, offlined)
+        if old is not None:
+            for path in (old.media_path, old.license_path):
+                if path and path not in (offlined.media_path, offlined.license_path):
+                    safe_remove(layout, Path(path))
+
+
+def _fsync_dir(folder: Path) -> None:
+    with suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,185 @@
+"""The exception tree of offline-cli; every expected failure is one of these.
+
+    OfflineError                      base: carries product, url, hint and an exit code
+    ├── UsageError                    bad usage or input, nothing done            (exit 2)
+    │   └── ConfigError               the config file or an option value is wrong (exit 2)
+    ├── DownloadError                 the work was tried and did not succeed      (exit 1)
+    │   ├── NetworkError              refused, reset, cut, DNS, timeout, stall    (retried)
+    │   │   └── NetworkUnavailable    the host stopped answering for longer than the network timeout
+    │   ├── ServerError               5xx and 429, may carry Retry-After          (retried)
+    │   ├── PermanentError            never retried
+    │   │   ├── HTTPStatusError       401, 403, 404, 410 and other 4xx
+    │   │   ├── ChecksumMismatch      SHA-256 or size differs from what was expected
+    │   │   ├── DiskFull              not enough space under the home folder
+    │   │   └── ProductNotFound       the playback-info source answered 404
+    │   ├── UnknownDownloadError      anything unclassified                       (one retry)
+    │   ├── DownloadCancelled         deleted by another process while running
+    │   └── InvalidProducts           validate found invalid products
+    ├── BusyError                     another process is downloading it, --no-wait (exit 3)
+    └── StorageError                  the store itself is unusable                (exit 4)
+
+httpx exceptions never cross the transport edge: ``transfer.py`` wraps them (``raise … from exc``).
+"""
+
+from __future__ import annotations
+
+
+class OfflineError(Exception):
+    """Base of every expected failure. ``str()`` is the one-line message for the user."""
+
+    exit_code = 1
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        product: str | None = None,
+        url: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.product = product
+        self.url = url
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.product and not self.message.startswith(self.product):
+            return f"{self.product}: {self.message}"
+        return self.message
+
+    def with_product(self, product: str) -> OfflineError:
+        """Attach the product name when the raiser did not know it."""
+        if self.product is None:
+            self.product = product
+        return self
+
+
+class UsageError(OfflineError):
+    """Bad usage or bad input: nothing was downloaded and nothing changed."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """The config file, an environment variable or an option value is invalid."""
+
+
+class DownloadError(OfflineError):
+    """A download was tried and did not succeed."""
+
+    exit_code = 1
+    kind = "unknown"
+
+
+class NetworkError(DownloadError):
+    """The connection failed, was cut, timed out or stalled; retried with backoff."""
+
+    kind = "network"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        product: str | None = None,
+        url: str | None = None,
+        hint: str | None = None,
+        host_unreachable: bool = False,
+    ) -> None:
+        super().__init__(message, product=product, url=url, hint=hint)
+        # True when no connection could be made at all (refused, DNS): the signal that
+        # a host which was answering has gone away and the download should pause.
+        self.host_unreachable = host_unreachable
+
+
+class NetworkUnavailable(NetworkError):
+    """The host stayed unreachable for longer than the network timeout."""
+
+
+class ServerError(DownloadError):
+    """The server answered 5xx or 429; retried, honouring Retry-After."""
+
+    kind = "server"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        retry_after: str | None = None,
+        product: str | None = None,
+        url: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, product=product, url=url, hint=hint)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class PermanentError(DownloadError):
+    """A failure that retrying cannot fix."""
+
+    kind = "permanent"
+
+
+class HTTPStatusError(PermanentError):
+    """The server answered a 4xx other than 429."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        product: str | None = None,
+        url: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, product=product, url=url, hint=hint)
+        self.status = status
+
+
+class ChecksumMismatch(PermanentError):
+    """The downloaded bytes do not match the expected SHA-256 or size."""
+
+
+class DiskFull(PermanentError):
+    """There is not enough free space under the home folder."""
+
+
+class ProductNotFound(PermanentError):
+    """The playback-info source does not know the product."""
+
+
+class UnknownDownloadError(DownloadError):
+    """An unclassified failure; it gets one retry."""
+
+    kind = "unknown"
+
+
+class DownloadCancelled(DownloadError):
+    """The download was cancelled (deleted) by another process while it ran."""
+
+    kind = "cancelled"
+
+
+class InvalidProducts(DownloadError):
+    """``validate`` found products that are not valid."""
+
+    kind = "permanent"
+
+
+class BusyError(OfflineError):
+    """Another live process is downloading the product and --no-wait was given."""
+
+    exit_code = 3
+
+
+class StorageError(OfflineError):
+    """The store itself is unusable: database corrupt or locked, home not writable."""
+
+    exit_code = 4
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived. A BaseException, like KeyboardInterrupt, so no ``except Exception``
+    swallows it; the engine saves the download as PAUSED on the way out."""

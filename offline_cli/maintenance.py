@@ -1,0 +1,332 @@
+"""Keeping the store tidy, correct and observable: cleanup, validation and health metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from offline_cli.errors import OfflineError
+from offline_cli.models import DownloadState, MediaProduct, OfflinedEntry
+from offline_cli.paths import safe_remove
+
+if TYPE_CHECKING:
+    from offline_cli.engine import OfflineEngine
+
+HASH_BLOCK = 1024 * 1024
+
+
+# -- cleanup -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CleanupItem:
+    kind: str  # "partial", "orphan" or "entry"
+    path: str | None
+    product_key: str | None
+    bytes: int
+
+
+@dataclass
+class CleanupReport:
+    dry_run: bool
+    older_than_s: float
+    items: list[CleanupItem] = field(default_factory=list)
+
+    @property
+    def bytes_reclaimed(self) -> int:
+        return sum(i.bytes for i in self.items)
+
+    @property
+    def entries_removed(self) -> int:
+        return sum(1 for i in self.items if i.kind == "entry")
+
+    @property
+    def files_removed(self) -> int:
+        return sum(1 for i in self.items if i.path is not None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "older_than_s": self.older_than_s,
+            "bytes_reclaimed": self.bytes_reclaimed,
+            "entries_removed": self.entries_removed,
+            "files_removed": self.files_removed,
+            "items": [asdict(i) for i in self.items],
+        }
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.lstat().st_size
+    except OSError:
+        return 0
+
+
+class CleanupManager:
+    """Removes what no finished product needs, and never what a live download uses."""
+
+    def __init__(self, engine: OfflineEngine) -> None:
+        self.engine = engine
+
+    def run(self, *, older_than_s: float, dry_run: bool) -> CleanupReport:
+        engine, store, layout = self.engine, self.engine.store, self.engine.layout
+        report = CleanupReport(dry_run=dry_run, older_than_s=older_than_s)
+        cutoff = engine._clock() - older_than_s
+        unfinished = [
+            DownloadState.PENDING,
+            DownloadState.IN_PROGRESS,
+            DownloadState.PAUSED,
+            DownloadState.FAILED,
+            DownloadState.CANCELLED,
+        ]
+        for entry in store.list_downloads(unfinished):
+            if entry.updated_at > cutoff and older_than_s > 0:
+                continue
+            if engine.is_running_elsewhere(entry.product_key):
+                continue  # its owner is alive: never touch it
+            for raw in (entry.partial_media_path, entry.partial_license_path):
+                if raw and os.path.lexists(raw):
+                    report.items.append(
+                        CleanupItem("partial", raw, entry.product_key, _size(Path(raw)))
+                    )
+                    if not dry_run:
+                        safe_remove(layout, Path(raw))
+            report.items.append(CleanupItem("entry", None, entry.product_key, 0))
+            if not dry_run:
+                store.delete_download(entry.id)
+        # Orphans: files in the store or partial folders that no entry owns.
+        owned = store.referenced_paths()
+        for active in store.list_downloads(
+            [DownloadState.PENDING, DownloadState.IN_PROGRESS, DownloadState.PAUSED]
+        ):
+            # A commit in flight has renamed its files to their final names already.
+            owned.add(str(layout.final_media_path(active.product_key, active.id)))
+            owned.add(str(layout.final_license_path(active.product_key, active.id)))
+        for folder in (layout.store_dir, layout.partial_dir):
+            if not folder.is_dir() or folder.is_symlink():
+                continue
+            for root, dirs, files in os.walk(folder, followlinks=False):
+                for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+                    path = Path(root) / name
+                    if str(path) in owned:
+                        continue
+                    try:
+                        mtime = path.lstat().st_mtime
+                    except OSError:
+                        continue
+                    if older_than_s > 0 and mtime > cutoff:
+                        continue
+                    report.items.append(CleanupItem("orphan", str(path), None, _size(path)))
+                    if not dry_run:
+                        safe_remove(layout, path)
+        if not dry_run:
+            for child in list(layout.store_dir.iterdir()) if layout.store_dir.is_dir() else []:
+                if child.is_dir() and not child.is_symlink() and not any(child.iterdir()):
+                    child.rmdir()
+            if report.items:
+                engine._record(
+                    "cleanup",
+                    bytes=report.bytes_reclaimed,
+                    attempts=report.entries_removed,
+                    detail=f"{report.files_removed} files",
+                )
+            engine._event(
+                "cleanup_completed",
+                entries=report.entries_removed,
+                files=report.files_removed,
+                bytes_reclaimed=report.bytes_reclaimed,
+            )
+        return report
+
+
+# -- validation ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    product_key: str
+    valid: bool
+    reason: str | None
+    repaired: bool = False
+    repair_error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sha256_of(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(HASH_BLOCK):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def full_check(entry: OfflinedEntry, now: float) -> str | None:
+    """None when the product is valid in full (files, sizes, SHA-256, license), else why."""
+    checks: list[tuple[str, str | None, int | None, str | None]] = [
+        ("media", entry.media_path, entry.size, entry.sha256),
+        ("license", entry.license_path, entry.license_size, entry.license_sha256),
+    ]
+    for name, raw, size, digest in checks:
+        if raw is None:
+            continue
+        path = Path(raw)
+        if path.is_symlink() or not path.is_file():
+            return f"{name} file missing"
+        if size is not None and path.stat().st_size != size:
+            return f"{name} size {path.stat().st_size} differs from recorded {size}"
+        if digest is not None and sha256_of(path) != digest:
+            return f"{name} SHA-256 differs from the one recorded at download"
+    if entry.license_expires_at is not None and entry.license_expires_at <= now:
+        return "license expired"
+    return None
+
+
+class Validator:
+    def __init__(self, engine: OfflineEngine) -> None:
+        self.engine = engine
+
+    def run(
+        self,
+        products: Sequence[MediaProduct] | None,
+        *,
+        repair: bool,
+        on_progress: Callable[[int, int], None] | None,
+    ) -> list[ValidationResult]:
+        engine, store = self.engine, self.engine.store
+        if products is None:
+            entries = store.list_offlined()
+            missing: list[str] = []
+        else:
+            entries = []
+            missing = []
+            for product in products:
+                found = store.get_offlined(product.key)
+                if found is None:
+                    missing.append(product.key)
+                else:
+                    entries.append(found)
+        results = [ValidationResult(key, False, "not offlined") for key in missing]
+        for index, entry in enumerate(entries, 1):
+            reason = full_check(entry, engine._clock())
+            # Recorded so `state` answers OFFLINED_BUT_NOT_VALID without hashing again.
+            if reason != entry.invalid_reason:
+                store.set_invalid_reason(entry.product_key, reason)
+            result = ValidationResult(entry.product_key, reason is None, reason)
+            if reason is not None and repair:
+                result = self._repair(entry, reason)
+            engine._event(
+                "product_validated", product=entry.product_key, valid=result.valid, reason=reason
+            )
+            results.append(result)
+            if on_progress is not None:
+                on_progress(index, len(entries))
+        return results
+
+    def _repair(self, entry: OfflinedEntry, reason: str) -> ValidationResult:
+        product = MediaProduct(
+            entry.product_type,
+            entry.product_id,
+            url=entry.source_url,
+            license_url=entry.license_url,
+            license_expires_at=(
+                datetime.fromtimestamp(entry.license_expires_at, UTC)
+                if entry.license_expires_at and reason != "license expired"
+                else None
+            ),
+        )
+        if reason == "license expired" and self.engine.settings.source:
+            # A new license may come with a new expiry: ask the source again.
+            product = MediaProduct(entry.product_type, entry.product_id)
+        try:
+            self.engine.offline_product(product)
+        except OfflineError as exc:
+            # The old copy stays as it was (the new one is committed only when complete).
+            return ValidationResult(entry.product_key, False, reason, False, str(exc))
+        fresh = self.engine.store.get_offlined(entry.product_key)
+        still = full_check(fresh, self.engine._clock()) if fresh else "not offlined"
+        return ValidationResult(entry.product_key, still is None, still or reason, still is None)
+
+
+# -- health --------------------------------------------------------------------------------------
+
+
+@dataclass
+class DownloadHealthReport:
+    since: float | None
+    downloads_started: int = 0
+    downloads_succeeded: int = 0
+    downloads_failed: int = 0
+    retries: int = 0
+    retry_success_rate: float | None = None
+    success_rate: float | None = None
+    recoveries: int = 0
+    network_pauses: int = 0
+    cleaned_up: int = 0
+    bytes_reclaimed: int = 0
+    bytes_downloaded: int = 0
+    mean_throughput_bytes_per_s: float | None = None
+    failures_by_kind: dict[str, int] = field(default_factory=dict)
+    per_day: dict[str, dict[str, int]] = field(default_factory=dict)
+    active_downloads: int = 0
+    offlined_products: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_health_report(engine: OfflineEngine, since_s: float | None) -> DownloadHealthReport:
+    since = engine._clock() - since_s if since_s is not None else None
+    report = DownloadHealthReport(since=since)
+    kinds: Counter[str] = Counter()
+    per_day: dict[str, Counter[str]] = defaultdict(Counter)
+    durations = 0.0
+    succeeded_after_retry = 0
+    products_retried: set[str] = set()
+    for event in engine.store.events_since(since):
+        day = datetime.fromtimestamp(event.at, UTC).strftime("%Y-%m-%d")
+        if event.event == "download_started":
+            report.downloads_started += 1
+        elif event.event == "download_succeeded":
+            report.downloads_succeeded += 1
+            report.bytes_downloaded += event.bytes or 0
+            durations += event.duration_s or 0.0
+            per_day[day]["succeeded"] += 1
+            if event.attempts:
+                succeeded_after_retry += 1
+        elif event.event == "download_failed":
+            report.downloads_failed += 1
+            kinds[event.error_kind or "unknown"] += 1
+            per_day[day]["failed"] += 1
+        elif event.event == "retry":
+            report.retries += 1
+            if event.product_key:
+                products_retried.add(event.product_key)
+        elif event.event == "download_recovered":
+            report.recoveries += 1
+        elif event.event == "network_pause":
+            report.network_pauses += 1
+        elif event.event == "cleanup":
+            report.cleaned_up += event.attempts or 0
+            report.bytes_reclaimed += event.bytes or 0
+    finished = report.downloads_succeeded + report.downloads_failed
+    if finished:
+        report.success_rate = report.downloads_succeeded / finished
+    if report.retries:
+        # Of the downloads that needed a retry, how many still succeeded.
+        retried = max(len(products_retried), succeeded_after_retry)
+        report.retry_success_rate = succeeded_after_retry / retried if retried else None
+    if durations > 0:
+        report.mean_throughput_bytes_per_s = report.bytes_downloaded / durations
+    report.failures_by_kind = dict(kinds)
+    report.per_day = {day: dict(c) for day, c in sorted(per_day.items())}
+    report.active_downloads = len(engine.store.downloads.active_downloads())
+    report.offlined_products = len(engine.store.list_offlined())
+    return report

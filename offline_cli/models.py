@@ -1,0 +1,232 @@
+"""Plain value types shared by every layer: products, states and stored entries."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from urllib.parse import urlsplit
+
+from offline_cli.errors import UsageError
+
+
+class ProductType(enum.Enum):
+    """The kind of a media product. Values are persisted and never change."""
+
+    TRACK = "track"
+    VIDEO = "video"
+    FILE = "file"
+
+
+class OfflineState(enum.Enum):
+    """What the offline store holds for a product, computed when read."""
+
+    NOT_OFFLINED = "NOT_OFFLINED"
+    OFFLINED_AND_VALID = "OFFLINED_AND_VALID"
+    OFFLINED_BUT_NOT_VALID = "OFFLINED_BUT_NOT_VALID"
+
+
+class DownloadState(enum.Enum):
+    """The state of one download entry. Persisted values: never change them once released."""
+
+    PENDING = "PENDING"
+    IN_PROGRESS = "IN_PROGRESS"
+    PAUSED = "PAUSED"
+    FAILED = "FAILED"
+    COMPLETED = "COMPLETED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (DownloadState.COMPLETED, DownloadState.CANCELLED)
+
+
+class ErrorKind(enum.Enum):
+    """How a failure is classified for retry decisions. Persisted values: never change them."""
+
+    NETWORK = "network"
+    SERVER = "server"
+    PERMANENT = "permanent"
+    UNKNOWN = "unknown"
+    CANCELLED = "cancelled"
+
+
+# Which state may follow which. The state manager refuses anything else, so a finished
+# download can never be silently reopened (COMPLETED -> IN_PROGRESS is illegal).
+ALLOWED_TRANSITIONS: dict[DownloadState, frozenset[DownloadState]] = {
+    DownloadState.PENDING: frozenset(
+        {
+            DownloadState.IN_PROGRESS,
+            DownloadState.PAUSED,
+            DownloadState.FAILED,
+            DownloadState.CANCELLED,
+        }
+    ),
+    DownloadState.IN_PROGRESS: frozenset(
+        {
+            DownloadState.PAUSED,
+            DownloadState.FAILED,
+            DownloadState.COMPLETED,
+            DownloadState.CANCELLED,
+        }
+    ),
+    DownloadState.PAUSED: frozenset(
+        {DownloadState.IN_PROGRESS, DownloadState.FAILED, DownloadState.CANCELLED}
+    ),
+    DownloadState.FAILED: frozenset({DownloadState.IN_PROGRESS, DownloadState.CANCELLED}),
+    DownloadState.COMPLETED: frozenset(),
+    DownloadState.CANCELLED: frozenset(),
+}
+
+_PRODUCT_RE = re.compile(r"^(?P<type>[a-z]+):(?P<id>[A-Za-z0-9._~-]{1,200})$")
+_SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+SUPPORTED_SCHEMES = ("http", "https")
+
+
+@dataclass(frozen=True)
+class MediaProduct:
+    """A product to offline: its type and id, and where its bytes come from when known.
+
+    ``url`` is None when the product is resolved through a playback-info source.
+    """
+
+    product_type: ProductType
+    product_id: str
+    url: str | None = None
+    license_url: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    license_expires_at: datetime | None = None
+
+    @property
+    def key(self) -> str:
+        """The product's name on the command line and in the store (``track:42`` or a URL)."""
+        if self.product_type is ProductType.FILE and self.product_id == self.url:
+            return self.url
+        return f"{self.product_type.value}:{self.product_id}"
+
+    def __str__(self) -> str:
+        return self.key
+
+
+def parse_product_name(text: str) -> tuple[ProductType, str]:
+    """Parse ``TYPE:ID`` into its parts, or raise UsageError naming the problem."""
+    match = _PRODUCT_RE.match(text)
+    if match is None:
+        raise UsageError(
+            f"malformed product {text!r}",
+            hint="write a product as TYPE:ID (track:42, video:7, file:report) or give a URL",
+        )
+    type_name = match.group("type")
+    try:
+        product_type = ProductType(type_name)
+    except ValueError:
+        raise UsageError(
+            f"unknown product type {type_name!r} in {text!r}",
+            hint="TYPE is one of track, video, file",
+        ) from None
+    return product_type, match.group("id")
+
+
+def looks_like_url(text: str) -> bool:
+    """True when ``text`` is written as a URL (``scheme://...``), supported or not."""
+    return "://" in text
+
+
+def check_url(text: str) -> str:
+    """Return ``text`` when it is an http(s) URL with a host, else raise UsageError."""
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # raises ValueError on a malformed port
+    except ValueError:
+        raise UsageError(f"malformed URL {text!r}") from None
+    if parts.scheme.lower() not in SUPPORTED_SCHEMES:
+        raise UsageError(
+            f"unsupported URL scheme {parts.scheme!r} in {text!r}",
+            hint="only http:// and https:// are supported",
+        )
+    if not parts.hostname or any(c.isspace() for c in text):
+        raise UsageError(f"malformed URL {text!r}")
+    del port
+    return text
+
+
+def check_sha256(text: str) -> str:
+    """Return the lower-case hex digest, or raise UsageError."""
+    if not _SHA256_RE.match(text):
+        raise UsageError(
+            f"malformed --sha256 {text!r}", hint="a SHA-256 is 64 hexadecimal characters"
+        )
+    return text.lower()
+
+
+_DURATION_RE = re.compile(r"^(?P<n>\d+(?:\.\d+)?)(?P<unit>[smhdw]?)$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """Parse ``90s``, ``30m``, ``12h``, ``7d``, ``2w`` or a bare number of seconds."""
+    match = _DURATION_RE.match(text.strip())
+    if match is None:
+        raise UsageError(
+            f"malformed duration {text!r}", hint="use a number with s, m, h, d or w, e.g. 7d"
+        )
+    return float(match.group("n")) * _UNIT_SECONDS[match.group("unit")]
+
+
+@dataclass(frozen=True)
+class DownloadEntry:
+    """One persisted download attempt of a product, as the store returns it."""
+
+    id: str
+    product_key: str
+    product_type: ProductType
+    product_id: str
+    state: DownloadState
+    progress: float
+    attempt_count: int
+    last_error: str | None
+    error_kind: ErrorKind | None
+    created_at: float
+    updated_at: float
+    paused_at: float | None
+    owner_pid: int | None
+    partial_media_path: str | None
+    partial_license_path: str | None
+    media_url: str | None
+    license_url: str | None
+    expected_sha256: str | None
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    cancel_requested: bool = False
+    resume_info: dict[str, dict[str, str | int | None]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.progress <= 1.0:
+            raise ValueError(f"progress out of range: {self.progress}")
+        if self.attempt_count < 0:
+            raise ValueError(f"negative attempt count: {self.attempt_count}")
+
+
+@dataclass(frozen=True)
+class OfflinedEntry:
+    """A product committed to the offline store."""
+
+    product_key: str
+    product_type: ProductType
+    product_id: str
+    media_path: str
+    license_path: str | None
+    size: int
+    sha256: str
+    license_size: int | None
+    license_sha256: str | None
+    etag: str | None
+    last_modified: str | None
+    license_expires_at: float | None
+    source_url: str
+    license_url: str | None
+    mtime_ns: int
+    completed_at: float
+    invalid_reason: str | None = None
