@@ -335,7 +335,7 @@ class Transfer:
             with self.partial_path.open("ab" if append else "wb") as out:
                 if append:
                     out.truncate(offset)
-                for chunk in response.iter_raw(CHUNK_SIZE):
+                for chunk in response.iter_raw():
                     out.write(chunk)
                     hasher.update(chunk)
                     done += len(chunk)

@@ -1,0 +1,40 @@
+# offline-cli developer commands. `make install` then `make test` is all a new machine needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install test lint unit soak bench completions run clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+install: $(BIN)/python  ## create .venv and install offline-cli with its test tools
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+
+lint:  ## ruff, ruff format and mypy --strict
+	$(BIN)/ruff check offline_cli tests
+	$(BIN)/ruff format --check offline_cli tests
+	$(BIN)/mypy offline_cli
+
+unit:  ## the test suite without the lint step (a short chaos soak included)
+	$(BIN)/python -m pytest -q
+
+test: lint unit  ## everything CI runs
+
+soak:  ## the long chaos soak (200 randomized trials)
+	SOAK_TRIALS=$${SOAK_TRIALS:-200} $(BIN)/python -m pytest -q -m slow -s tests/test_soak.py
+
+bench:  ## speed and memory against curl/wget and a Python baseline
+	$(BIN)/python bench/run.py
+
+completions:  ## regenerate the shell completion scripts
+	for sh in bash zsh fish; do \
+	  _OFFLINE_CLI_COMPLETE=complete_$$sh $(BIN)/offline-cli > completions/offline-cli.$$sh || true; \
+	done
+
+run:  ## download URL=... into the store (make run URL=https://example.com/file)
+	$(BIN)/offline-cli offline $(URL)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
