@@ -8,6 +8,7 @@ subprocess tests, hosts that go down and come back. It also runs standalone
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import re
@@ -165,10 +166,9 @@ class NetSim:
             req.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         if fault is not None and fault.kind in ("cut", "reset", "stall", "short"):
             req.close_connection = True
-            try:
-                req.connection.shutdown(socket.SHUT_RDWR) if fault.kind != "reset" else None
-            except OSError:
-                pass
+            if fault.kind != "reset":
+                with contextlib.suppress(OSError):
+                    req.connection.shutdown(socket.SHUT_RDWR)
             req.connection.close()
 
     def _send_body(
