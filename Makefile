@@ -30,7 +30,9 @@ bench:  ## speed and memory against curl/wget and a Python baseline
 
 completions:  ## regenerate the shell completion scripts
 	for sh in bash zsh fish; do \
-	  _OFFLINE_CLI_COMPLETE=complete_$$sh $(BIN)/offline-cli > completions/offline-cli.$$sh || true; \
+	  $(BIN)/python -c "from typer._completion_shared import get_completion_script as g; \
+	    print(g(prog_name='offline-cli', complete_var='_OFFLINE_CLI_COMPLETE', shell='$$sh'))" \
+	    > completions/offline-cli.$$sh; \
 	done
 
 run:  ## download URL=... into the store (make run URL=https://example.com/file)

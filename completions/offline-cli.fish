@@ -1,0 +1,1 @@
+complete --command offline-cli --no-files --arguments "(env _OFFLINE_CLI_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) offline-cli)" --condition "env _OFFLINE_CLI_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) offline-cli"
