@@ -61,6 +61,7 @@ PROGRESS_NOTIFY_INTERVAL_S = 0.1
 # How long delete waits for a running download in another process to stop.
 CANCEL_WAIT_S = 10.0
 LOCK_POLL_S = 0.05
+LAST_MAINTENANCE_KEY = "last_maintenance_at"
 
 _RUNNABLE_STATES = (DownloadState.PENDING, DownloadState.IN_PROGRESS, DownloadState.PAUSED)
 _RETRYABLE_KINDS = (ErrorKind.NETWORK, ErrorKind.SERVER, ErrorKind.UNKNOWN)
@@ -149,6 +150,7 @@ class OfflineEngine:
         self._disk_free = disk_free or (lambda p: shutil.disk_usage(p).free)
         self._network_monitor = network_monitor
         self._store: Store | None = None
+        self._maintenance_checked = False
 
     # -- infrastructure -------------------------------------------------------------------
 
@@ -208,6 +210,8 @@ class OfflineEngine:
 
     def _record(self, event: str, **fields: Any) -> None:
         """Record a metric event; metrics never break a download."""
+        if not self.settings.enhanced_download_management:
+            return  # the simpler path: no metrics collector
         try:
             self.store.record_event(event, **fields)
         except StorageError as exc:  # pragma: no cover - only when the disk is failing
@@ -290,6 +294,7 @@ class OfflineEngine:
         return self.offline_product(product) is Outcome.DOWNLOADED
 
     def offline_product(self, product: MediaProduct, *, wait: bool = True) -> Outcome:
+        self.maybe_run_maintenance()
         lock = self._lock(product.key)
         waited = False
         try:
@@ -636,6 +641,7 @@ class OfflineEngine:
         self, products: Sequence[MediaProduct] | None = None, *, wait: bool = True
     ) -> list[ResumeResult]:
         """Continue every resumable download; a download another process runs is skipped."""
+        self.maybe_run_maintenance()
         results: list[ResumeResult] = []
         for product in self.resumable_products(products):
             if self.is_running_elsewhere(product.key) and not wait:
@@ -652,6 +658,48 @@ class OfflineEngine:
         return results
 
     # -- maintenance, validation, health (see maintenance.py) -------------------------------------
+
+    def maybe_run_maintenance(self) -> bool:
+        """Run the light maintenance pass when its interval has passed; True when it ran.
+
+        Called by the commands that download, never by `state`, so reads stay fast. The time
+        of the last pass is recorded in the database, so it runs once per interval across all
+        processes and cron jobs.
+        """
+        if self._maintenance_checked:
+            return False
+        self._maintenance_checked = True
+        interval = self.settings.maintenance_interval
+        if interval <= 0 or not self.settings.enhanced_download_management:
+            return False
+        last = self.store.get_setting(LAST_MAINTENANCE_KEY)
+        now = self._clock()
+        if last is not None and now - float(last) < interval:
+            return False
+        self.store.set_setting(LAST_MAINTENANCE_KEY, repr(now))
+        recovered = self.recover_dead_downloads() if self.settings.download_recovery else 0
+        report = self.perform_maintenance_cleanup(self.settings.retention)
+        self._event(
+            "maintenance_completed",
+            recovered=recovered,
+            cleaned_up=report.entries_removed,
+            bytes_reclaimed=report.bytes_reclaimed,
+        )
+        return True
+
+    def recover_dead_downloads(self) -> int:
+        """Mark downloads whose owner process died as PAUSED, so `resume` picks them up."""
+        recovered = 0
+        for entry in self.store.list_downloads([DownloadState.PENDING, DownloadState.IN_PROGRESS]):
+            if self.is_running_elsewhere(entry.product_key):
+                continue
+            self.store.downloads.transition(
+                entry.id, DownloadState.PAUSED, owner_pid=None, last_error="owner process died"
+            )
+            self._record("download_recovered", product_key=entry.product_key)
+            self._event("download_recovered", product=entry.product_key, dead_pid=entry.owner_pid)
+            recovered += 1
+        return recovered
 
     def perform_maintenance_cleanup(
         self, older_than_s: float | None = None, *, dry_run: bool = False
@@ -729,7 +777,8 @@ class _ProductRun(OfflineEngineListener):
                 if fraction != self._last_fraction:
                     self._last_fraction = fraction
                     self.engine.listener.offlining_progressed(self.product, fraction)
-        if now - self._last_persist >= PROGRESS_PERSIST_INTERVAL_S:
+        enhanced = self.engine.settings.enhanced_download_management
+        if enhanced and now - self._last_persist >= PROGRESS_PERSIST_INTERVAL_S:
             self._last_persist = now
             cancelled = self.engine.store.downloads.update_progress(
                 self.entry.id, bytes_done=all_done, bytes_total=all_total
