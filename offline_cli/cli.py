@@ -36,7 +36,6 @@ from offline_cli.errors import (
 from offline_cli.listener import OfflineEngineListener
 from offline_cli.models import (
     MediaProduct,
-    ProductType,
     check_sha256,
     check_url,
     looks_like_url,
@@ -317,8 +316,7 @@ def _set_output(quiet: bool, verbose: bool) -> None:
 def _product_from_name(name: str) -> MediaProduct:
     """A product named on the command line: a URL or TYPE:ID."""
     if looks_like_url(name):
-        url = check_url(name)
-        return MediaProduct(ProductType.FILE, url, url=url)
+        return MediaProduct.from_url(check_url(name))
     product_type, product_id = parse_product_name(name)
     return MediaProduct(product_type, product_id)
 

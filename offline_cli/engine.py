@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from filelock import FileLock, Timeout
 
 from offline_cli.config import Settings, load_settings
+from offline_cli.credentials import CredentialVault
 from offline_cli.errors import (
     BusyError,
     ChecksumMismatch,
@@ -41,6 +42,7 @@ from offline_cli.models import (
     OfflinedEntry,
     OfflineState,
     ProductType,
+    redact_url,
 )
 from offline_cli.paths import Layout, default_home, safe_remove, safe_remove_tree
 from offline_cli.store import Store
@@ -206,7 +208,8 @@ class OfflineEngine:
         return self._network_monitor
 
     def _event(self, event: str, **fields: Any) -> None:
-        log.info(event, extra={"event": event, "fields": fields})
+        safe = {k: redact_url(v) if isinstance(v, str) else v for k, v in fields.items()}
+        log.info(event, extra={"event": event, "fields": safe})
 
     def _record(self, event: str, **fields: Any) -> None:
         """Record a metric event; metrics never break a download."""
@@ -216,6 +219,11 @@ class OfflineEngine:
             self.store.record_event(event, **fields)
         except StorageError as exc:  # pragma: no cover - only when the disk is failing
             log.warning("metric not recorded: %s", exc)
+
+    @property
+    def vault(self) -> CredentialVault:
+        """Full URLs with credentials live here (0600), never in the database or logs."""
+        return CredentialVault(self.layout.credentials_file)
 
     # -- state ----------------------------------------------------------------------------
 
@@ -266,20 +274,20 @@ class OfflineEngine:
             return MediaProduct(
                 offlined.product_type,
                 offlined.product_id,
-                url=offlined.source_url,
-                license_url=offlined.license_url,
+                url=self.vault.reveal(offlined.source_url),
+                license_url=self.vault.reveal(offlined.license_url),
             )
         download = self.store.latest_download(key)
         if download is not None:
             return MediaProduct(
                 download.product_type,
                 download.product_id,
-                url=download.media_url,
-                license_url=download.license_url,
+                url=self.vault.reveal(download.media_url),
+                license_url=self.vault.reveal(download.license_url),
                 sha256=download.expected_sha256,
             )
         if "://" in key:
-            return MediaProduct(ProductType.FILE, key, url=key)
+            return MediaProduct(ProductType.FILE, key, url=self.vault.reveal(key))
         type_name, _, product_id = key.partition(":")
         return MediaProduct(ProductType(type_name), product_id)
 
@@ -401,9 +409,9 @@ class OfflineEngine:
     def _find_resumable(self, product: MediaProduct) -> DownloadEntry | None:
         """The unfinished download of this product to continue (we hold its lock)."""
         entry = self.store.latest_download(product.key)
-        if entry is None or entry.media_url != product.url:
+        if entry is None or entry.media_url != _redacted(product.url):
             return None
-        if entry.license_url != product.license_url:
+        if entry.license_url != _redacted(product.license_url):
             return None
         if entry.state in _RUNNABLE_STATES:
             return entry
@@ -472,8 +480,8 @@ class OfflineEngine:
                 product_key=product.key,
                 product_type=product.product_type,
                 product_id=product.product_id,
-                media_url=product.url,
-                license_url=product.license_url,
+                media_url=self.vault.seal(product.url),
+                license_url=self.vault.seal(product.license_url),
                 expected_sha256=product.sha256,
                 partial_media_path=self.layout.partial_media_path,
                 partial_license_path=self.layout.partial_license_path,
@@ -585,6 +593,10 @@ class OfflineEngine:
             with store.transaction():
                 store.delete_offlined(key)
                 store.delete_downloads(key)
+            urls = [u for d in downloads for u in (d.media_url, d.license_url)]
+            if offlined is not None:
+                urls += [offlined.source_url, offlined.license_url]
+            self.vault.forget(urls)
             product_dir = self.layout.product_dir(key)
             safe_remove_tree(self.layout, product_dir)
             self._event("product_deleted", product=key)
@@ -608,6 +620,7 @@ class OfflineEngine:
                         safe_remove_tree(self.layout, child)
                     else:
                         safe_remove(self.layout, child)
+        safe_remove(self.layout, self.layout.credentials_file)
         self.listener.all_offlined_media_products_deleted()
         self._event("all_deleted", count=len(keys))
         return True
@@ -631,8 +644,8 @@ class OfflineEngine:
             found[entry.product_key] = MediaProduct(
                 entry.product_type,
                 entry.product_id,
-                url=entry.media_url,
-                license_url=entry.license_url,
+                url=self.vault.reveal(entry.media_url),
+                license_url=self.vault.reveal(entry.license_url),
                 sha256=entry.expected_sha256,
             )
         return list(found.values())
@@ -979,8 +992,8 @@ class _ProductRun(OfflineEngineListener):
             etag=media.etag,
             last_modified=media.last_modified,
             license_expires_at=expires.timestamp() if isinstance(expires, datetime) else None,
-            source_url=self.product.url or "",
-            license_url=self.product.license_url,
+            source_url=self.engine.vault.seal(self.product.url) or "",
+            license_url=self.engine.vault.seal(self.product.license_url),
             mtime_ns=final_media.stat().st_mtime_ns,
             completed_at=self.engine._clock(),
         )
@@ -998,3 +1011,7 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _redacted(url: str | None) -> str | None:
+    return redact_url(url) if url is not None else None

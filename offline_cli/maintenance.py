@@ -234,8 +234,8 @@ class Validator:
         product = MediaProduct(
             entry.product_type,
             entry.product_id,
-            url=entry.source_url,
-            license_url=entry.license_url,
+            url=self.engine.vault.reveal(entry.source_url),
+            license_url=self.engine.vault.reveal(entry.license_url),
             license_expires_at=(
                 datetime.fromtimestamp(entry.license_expires_at, UTC)
                 if entry.license_expires_at and reason != "license expired"

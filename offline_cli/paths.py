@@ -58,6 +58,10 @@ class Layout:
         return self.home / "locks"
 
     @property
+    def credentials_file(self) -> Path:
+        return self.home / "credentials.json"
+
+    @property
     def config_file(self) -> Path:
         return self.home / "config.toml"
 

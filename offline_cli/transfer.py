@@ -27,6 +27,7 @@ from offline_cli.errors import (
     ServerError,
     UnknownDownloadError,
 )
+from offline_cli.models import redact_url
 
 CHUNK_SIZE = 64 * 1024
 HASH_READ_SIZE = 1024 * 1024
@@ -83,7 +84,7 @@ class Checkpoint:
 
     def to_dict(self) -> dict[str, str | int | None]:
         return {
-            "url": self.url,
+            "url": redact_url(self.url),
             "etag": self.etag,
             "last_modified": self.last_modified,
             "total": self.total,
@@ -91,7 +92,7 @@ class Checkpoint:
 
     @classmethod
     def from_dict(cls, data: dict[str, str | int | None] | None, url: str) -> Checkpoint:
-        if not data or data.get("url") != url:
+        if not data or data.get("url") != redact_url(url):
             return cls(url=url)
         etag, modified, total = data.get("etag"), data.get("last_modified"), data.get("total")
         return cls(
@@ -416,5 +417,5 @@ def wrap_http_error(
     if isinstance(exc, httpx.TooManyRedirects):
         return PermanentError(f"too many redirects from {host}", product=product, url=url)
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
-        return PermanentError(f"cannot fetch {url}: {exc}", product=product, url=url)
+        return PermanentError(f"cannot fetch {redact_url(url)}", product=product, url=url)
     return UnknownDownloadError(f"HTTP error with {host}: {_reason(exc)}", product=product, url=url)

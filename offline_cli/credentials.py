@@ -1,0 +1,66 @@
+"""The credential vault: full URLs whose credentials the database and logs never see."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from offline_cli.models import redact_url
+
+
+class CredentialVault:
+    """Maps each redacted URL to the full one, in a file only the owner can read (0600).
+
+    The database stores redacted URLs; the engine asks the vault for the real one when it
+    needs to fetch again (resume, repair).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _load(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def _save(self, data: dict[str, str]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".credentials-")
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def seal(self, url: str | None) -> str | None:
+        """Remember ``url`` when it carries credentials; return its redacted form."""
+        if url is None:
+            return None
+        redacted = redact_url(url)
+        if redacted != url:
+            data = self._load()
+            if data.get(redacted) != url:
+                data[redacted] = url
+                self._save(data)
+        return redacted
+
+    def reveal(self, url: str | None) -> str | None:
+        """The full URL for a redacted one (unchanged when it had no credentials)."""
+        if url is None:
+            return None
+        return self._load().get(url, url)
+
+    def forget(self, urls: list[str | None]) -> None:
+        data = self._load()
+        if any(u in data for u in urls if u):
+            for u in urls:
+                if u:
+                    data.pop(u, None)
+            self._save(data)

@@ -1,0 +1,89 @@
+"""Credentials and tokens never reach the database or the logs, yet resume still works."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from pytest_httpserver import HTTPServer
+from werkzeug.wrappers import Request, Response
+
+from offline_cli.models import redact_url
+from tests.netsim import Fault, NetSim, Resource
+
+SECRET = "s3cr3t-T0KEN-value"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://cdn.example.com/a.mp4", "https://cdn.example.com/a.mp4"),
+        ("https://cdn.example.com/a.mp4?x=1&y=2", "https://cdn.example.com/a.mp4?x=1&y=2"),
+        (
+            f"https://cdn.example.com/a.mp4?token={SECRET}&x=1",
+            "https://cdn.example.com/a.mp4?token=REDACTED&x=1",
+        ),
+        (
+            f"https://u:{SECRET}@cdn.example.com/a",
+            "https://REDACTED@cdn.example.com/a",
+        ),
+        (
+            f"https://cdn.example.com/a?X-Amz-Signature={SECRET}&X-Amz-Credential=abc",
+            "https://cdn.example.com/a?X-Amz-Signature=REDACTED&X-Amz-Credential=REDACTED",
+        ),
+    ],
+)
+def test_redact_url(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
+
+
+def _all_store_bytes(home: Path) -> bytes:
+    data = b""
+    for name in ("offline.db", "offline.db-wal", "offline.db-shm"):
+        path = home / name
+        if path.exists():
+            data += path.read_bytes()
+    return data
+
+
+def test_token_never_stored_or_logged_and_resume_still_works(
+    cli, home: Path, tmp_path: Path
+) -> None:
+    sim = NetSim().start()
+    try:
+        body = bytes(range(256)) * 800
+        sim.add("/m", Resource(body, faults=[Fault("cut", at=50_000)]))
+        url = sim.url("/m") + f"?token={SECRET}"
+        log = tmp_path / "log.jsonl"
+
+        first = cli("--log-file", str(log), "-v", "offline", url, "--retries", "0")
+        assert first.exit_code == 1  # cut, no retries: kept for resume
+        resumed = cli("--log-file", str(log), "-v", "resume")
+        assert resumed.exit_code == 0, resumed.output
+
+        assert SECRET.encode() not in _all_store_bytes(home)
+        assert SECRET not in log.read_text()
+        assert SECRET not in first.output + resumed.output
+        vault = home / "credentials.json"
+        assert stat.S_IMODE(vault.stat().st_mode) == 0o600
+        assert SECRET in json.loads(vault.read_text())[redact_url(url)]
+        # the user can still name the product by the URL they typed
+        assert cli("state", url).stdout.strip() == "OFFLINED_AND_VALID"
+        assert sim.requests("/m")[-1].range == "bytes=50000-"
+    finally:
+        sim.stop()
+
+
+def test_delete_forgets_credentials(cli, home: Path, httpserver: HTTPServer) -> None:
+    def handler(request: Request) -> Response:
+        if request.args.get("sig") != SECRET:
+            return Response("forbidden", status=403)
+        return Response(b"payload")
+
+    httpserver.expect_request("/f").respond_with_handler(handler)
+    url = httpserver.url_for("/f") + f"?sig={SECRET}"
+    assert cli("offline", url).exit_code == 0
+    assert cli("delete", url).exit_code == 0
+    assert SECRET not in (home / "credentials.json").read_text()
