@@ -71,6 +71,10 @@ class _OneLineErrors(typer.core.TyperGroup):
         except typer.Abort:
             result = EXIT_SIGINT
         except _ClickException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                # No arguments at all: show the help as help (not flattened into one line).
+                sys.stderr.write(exc.format_message().rstrip() + "\n")  # type: ignore[attr-defined]
+                sys.exit(EXIT_USAGE)
             message = exc.format_message().strip().replace("\n", " ")  # type: ignore[attr-defined]
             if isinstance(exc, _ClickUsageError):
                 _print_error(f"{message} (see '{PROG} --help')")

@@ -883,6 +883,11 @@ class _ProductRun(OfflineEngineListener):
             )
             engine.listener.offlining_retrying(self.product, attempt, delay, reason)
 
+        def check_cancel() -> None:
+            if engine.store.downloads.is_cancel_requested(self.entry.id):
+                self._cancel_seen = True
+            self._check_stop()
+
         def wait_out_outage(error: DownloadError) -> bool | None:
             if not (
                 engine.settings.network_aware_downloads
@@ -894,7 +899,10 @@ class _ProductRun(OfflineEngineListener):
             monitor = engine._monitor()
             monitor.add_observer(self)
             try:
-                return monitor.wait_until_reachable(url, engine.settings.network_timeout)
+                # A delete from another process must not wait for the network to come back.
+                return monitor.wait_until_reachable(
+                    url, engine.settings.network_timeout, check_stop=check_cancel
+                )
             finally:
                 monitor.remove_observer(self)
                 self._check_stop()
@@ -973,6 +981,8 @@ class _ProductRun(OfflineEngineListener):
         key = self.product.key
         final_media = layout.final_media_path(key, self.entry.id)
         final_license = layout.final_license_path(key, self.entry.id) if license_result else None
+        if final_media.parent.is_symlink():
+            final_media.parent.unlink()  # a link planted in the store: never write through it
         final_media.parent.mkdir(parents=True, exist_ok=True)
         if license_result is not None and final_license is not None:
             os.replace(license_result.path, final_license)

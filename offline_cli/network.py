@@ -63,11 +63,14 @@ class NetworkMonitor:
         host, port = host_port(url)
         return self._probe(host, port)
 
-    def wait_until_reachable(self, url: str, timeout_s: float) -> bool:
+    def wait_until_reachable(
+        self, url: str, timeout_s: float, check_stop: Callable[[], None] = lambda: None
+    ) -> bool:
         """Block until the host of ``url`` answers (True) or ``timeout_s`` passes (False).
 
         Observers hear ``network_did_disconnect`` first and ``network_did_connect`` when the
-        host is back.
+        host is back. ``check_stop`` runs after every wait and may raise to end the wait early
+        (a cancel request).
         """
         host, port = host_port(url)
         for observer in list(self._observers):
@@ -82,3 +85,4 @@ class NetworkMonitor:
             if remaining <= 0:
                 return False
             self._sleep(min(self.probe_interval_s, remaining))
+            check_stop()

@@ -243,6 +243,10 @@ class Store:
     @contextmanager
     def _errors(self) -> Iterator[None]:
         """Turn SQLite failures into StorageError with a hint saying what to do."""
+        # The models go through one module-level proxy: point it at this store's database,
+        # so two stores (two engines on two homes) in one process never write to each other.
+        if _database.obj is not self._db:
+            _database.initialize(self._db)
         try:
             yield
         except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:

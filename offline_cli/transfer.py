@@ -214,6 +214,9 @@ class Transfer:
 
     def attempt(self) -> TransferResult:
         self.partial_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.partial_path.is_symlink():
+            # Not a file we wrote: never append to (or truncate) whatever it points at.
+            self.reset()
         offset = self.bytes_on_disk
         if offset and (self.checkpoint.if_range is None or self.checkpoint.total is None):
             # Without a validator we cannot prove the server still holds the same bytes,

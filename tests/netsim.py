@@ -9,6 +9,7 @@ subprocess tests, hosts that go down and come back. It also runs standalone
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import hashlib
 import http.server
 import re
@@ -26,11 +27,15 @@ _RANGE_RE = re.compile(r"bytes=(\d+)-$")
 class Fault:
     """What to do to one request. Faults are consumed in order; then requests are served."""
 
-    kind: str  # "cut", "reset", "stall", "status", "ignore_range", "wrong_offset", "short"
+    kind: str  # "cut", "reset", "stall", "status", "ignore_range", "wrong_offset", "short",
+    # "change" (the resource becomes ``body``, with a new ETag and Last-Modified, then this
+    # request is served normally: an If-Range resume then gets the whole new file)
     at: int = 0  # byte offset in the body for cut/reset/stall
     status: int = 503
     headers: dict[str, str] = field(default_factory=dict)
     stall_s: float = 5.0
+    body: bytes | None = None  # the new body for "change"
+    # also "ignore_if_range": serve the range even when If-Range names another version
 
 
 @dataclass
@@ -54,15 +59,18 @@ class Served:
     range: str | None
     if_range: str | None
     bytes_sent: int
+    headers: dict[str, str] = field(default_factory=dict)  # the request's headers
 
 
 class NetSim:
     """A threaded HTTP/1.1 server on 127.0.0.1 with per-path resources and faults."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.resources: dict[str, Resource] = {}
         self.log: list[Served] = []
         self._lock = threading.Lock()
+        self._active = 0  # requests being handled right now (see wait_idle)
+        self._changes = 0  # "change" faults served so far
         sim = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -72,17 +80,27 @@ class NetSim:
                 pass
 
             def do_GET(self) -> None:
-                sim._handle(self)
+                with sim._lock:
+                    sim._active += 1
+                try:
+                    sim._handle(self)
+                finally:
+                    with sim._lock:
+                        sim._active -= 1
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        # port: bind a given port, e.g. to bring a stopped host back at the same address
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread: threading.Thread | None = None
 
     # -- control --------------------------------------------------------------------------
 
-    def start(self) -> NetSim:
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+    def start(self, poll_interval: float = 0.5) -> NetSim:
+        """Serve in a thread; a small ``poll_interval`` makes ``stop()`` return sooner."""
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(poll_interval,), daemon=True
+        )
         self._thread.start()
         return self
 
@@ -103,6 +121,16 @@ class NetSim:
     def requests(self, path: str) -> list[Served]:
         return [s for s in self.log if s.path == path]
 
+    @property
+    def active(self) -> int:
+        """Requests being handled right now (their bytes are not in ``log`` yet)."""
+        with self._lock:
+            return self._active
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until no request is being handled, so ``bytes_sent`` counts every byte sent."""
+        return wait_for(lambda: self.active == 0, timeout)
+
     # -- serving --------------------------------------------------------------------------
 
     def _handle(self, req: http.server.BaseHTTPRequestHandler) -> None:
@@ -113,6 +141,13 @@ class NetSim:
             return
         with self._lock:
             fault = resource.faults.pop(0) if resource.faults else None
+            if fault is not None and fault.kind == "change" and fault.body is not None:
+                resource.body = fault.body
+                resource.etag = '"' + hashlib.sha256(fault.body).hexdigest()[:16] + '"'
+                self._changes += 1
+                resource.last_modified = email.utils.formatdate(
+                    1_792_000_000 + 86400 * self._changes, usegmt=True
+                )
         body = resource.body
         range_header = req.headers.get("Range")
         if_range = req.headers.get("If-Range")
@@ -121,6 +156,7 @@ class NetSim:
         match = _RANGE_RE.match(range_header or "")
         if match and (fault is None or fault.kind != "ignore_range"):
             valid = if_range is None or if_range in (resource.etag, resource.last_modified)
+            valid = valid or (fault is not None and fault.kind == "ignore_if_range")
             if valid:
                 start = int(match.group(1))
                 if start >= len(body):
@@ -156,7 +192,7 @@ class NetSim:
         if fault is not None and fault.kind in ("cut", "reset", "stall"):
             limit = min(limit, max(0, fault.at - start))
         sent = self._send_body(req, payload[:limit], resource.rate)
-        entry = Served(path, status, range_header, if_range, sent)
+        entry = Served(path, status, range_header, if_range, sent, dict(req.headers.items()))
         with self._lock:
             self.log.append(entry)
         if fault is not None and fault.kind == "stall":
@@ -204,7 +240,16 @@ class NetSim:
         req.end_headers()
         req.wfile.write(body)
         with self._lock:
-            self.log.append(Served(path, status, range_header, req.headers.get("If-Range"), 0))
+            self.log.append(
+                Served(
+                    path,
+                    status,
+                    range_header,
+                    req.headers.get("If-Range"),
+                    0,
+                    dict(req.headers.items()),
+                )
+            )
 
 
 def free_port() -> int:
