@@ -81,6 +81,8 @@ class _OneLineErrors(typer.core.TyperGroup):
                 sys.exit(EXIT_USAGE)
             _print_error(message)
             sys.exit(getattr(exc, "exit_code", EXIT_FAILED))
+        finally:
+            _close_engines()
         # Without standalone mode typer returns the exit code (130 for Ctrl-C) or None.
         code = result if isinstance(result, int) else EXIT_OK
         if code == EXIT_SIGINT:
@@ -308,8 +310,18 @@ def _engine(listener: OfflineEngineListener | None = None, **overrides: Any) -> 
     settings = load_settings(home, overrides)
     _setup_logging(_output.verbose, settings.log_file)
     engine = OfflineEngine(home, listener, settings=settings)
+    _open_engines.append(engine)
     engine.store  # noqa: B018 - open now, so an unusable store fails before any work
     return engine
+
+
+_open_engines: list[OfflineEngine] = []
+
+
+def _close_engines() -> None:
+    """Close the database connections a command opened (also when run in-process)."""
+    while _open_engines:
+        _open_engines.pop().close()
 
 
 def _set_output(quiet: bool, verbose: bool) -> None:

@@ -87,6 +87,18 @@ class Layout:
 
     def ensure(self) -> None:
         """Create the folders, or raise StorageError when the home is not writable."""
+        if self.home.exists() and not self.home.is_dir():
+            raise StorageError(
+                f"home folder {self.home} is not a folder",
+                hint=f"point ${HOME_ENV} or --home at a folder",
+            )
+        for folder in (self.store_dir, self.partial_dir, self.locks_dir):
+            if folder.is_symlink():
+                # Deletion never follows links, so a linked store could never be cleaned.
+                raise StorageError(
+                    f"{folder} is a symbolic link; offline-cli keeps everything inside its home",
+                    hint=f"replace the link by a folder, or point ${HOME_ENV} at the real place",
+                )
         try:
             for folder in (self.home, self.store_dir, self.partial_dir, self.locks_dir):
                 folder.mkdir(parents=True, exist_ok=True)

@@ -308,7 +308,7 @@ def test_home_that_is_a_regular_file_exits_4(cli, home: Path, httpserver: HTTPSe
     for args in (["state"], ["offline", httpserver.url_for("/m")]):
         result = cli(*args)
         assert result.exit_code == 4, result.output
-        _one_line_error(result, str(home), "OFFLINE_CLI_HOME")
+        _one_line_error(result, str(home), "not a folder", "OFFLINE_CLI_HOME")
     assert home.read_bytes() == b"I am a file"
     assert len(httpserver.log) == 0
 
@@ -503,9 +503,12 @@ def test_store_folder_replaced_by_a_symlink_is_not_followed(
     store.rmdir()
     store.symlink_to(outside, target_is_directory=True)
 
-    for args in (["cleanup", "--older-than", "0"], ["delete-all", "--yes"]):
+    for args in (["cleanup", "--older-than", "0"], ["delete-all", "--yes"], ["state"]):
         result = cli(*args)
         assert "Traceback" not in result.output
+        # refused as unusable: deletion never follows links, so it could never be cleaned
+        assert result.exit_code == 4, result.output
+        _one_line_error(result, "symbolic link")
         _assert_outside_intact(outside)
 
 
