@@ -201,6 +201,9 @@ def _setup_logging(verbose: bool, log_file: str | None) -> None:
 # -- progress -----------------------------------------------------------------------------------
 
 
+_VALIDATE_TASK = "\0validate"
+
+
 class _Reporter(OfflineEngineListener):
     """Turns listener callbacks into rich bars on a terminal, a few plain lines otherwise."""
 
@@ -244,6 +247,18 @@ class _Reporter(OfflineEngineListener):
 
     def offlining_failed(self, product: MediaProduct, error: OfflineError) -> None:
         self._finish(product, None)
+
+    def validation_progress(self, checked: int, total: int) -> None:
+        """A bar over the products being hashed (terminal only: piped output stays quiet)."""
+        if self.progress is None:
+            return
+        task = self.tasks.get(_VALIDATE_TASK)
+        if task is None:
+            task = self.progress.add_task("validating", total=total)
+            self.tasks[_VALIDATE_TASK] = task
+        self.progress.update(task, completed=checked, total=total)
+        if checked >= total:
+            self.progress.remove_task(self.tasks.pop(_VALIDATE_TASK))
 
     def _note(self, product: MediaProduct, text: str) -> None:
         if self.progress is not None and product.key in self.tasks:
@@ -693,7 +708,9 @@ def validate(
         wanted = [_product_from_name(n) for n in products] if products else None
         with _reporting() as reporter:
             engine = _engine(reporter)
-            results = engine.validate_downloads(wanted, repair=repair)
+            results = engine.validate_downloads(
+                wanted, repair=repair, on_progress=reporter.validation_progress
+            )
     except OfflineError as exc:
         _fail(exc)
     if json_out:
