@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
     from offline_cli.maintenance import CleanupReport, DownloadHealthReport, ValidationResult
     from offline_cli.network import NetworkMonitor
+    from offline_cli.retry import RetryPolicy
     from offline_cli.transfer import Checkpoint, TransferResult
 
 log = logging.getLogger("offline_cli")
@@ -349,8 +350,13 @@ class OfflineEngine:
             error = DownloadCancelled("the download was cancelled", product=product.key)
         elif entry.state is DownloadState.FAILED and entry.error_kind is ErrorKind.PERMANENT:
             error = PermanentError(entry.last_error or "failed", product=product.key)
+        elif entry.state is DownloadState.FAILED:
+            # Its retries were used up just now: report that, rather than start another round.
+            error = DownloadError(
+                entry.last_error or "failed", product=product.key, hint="run `resume` later"
+            )
         else:
-            return None  # interrupted or retryable: continue it here
+            return None  # interrupted (PAUSED) or its owner died: continue it here
         self.listener.offlining_started(product)
         self.listener.offlining_failed(product, error)
         raise error
@@ -396,7 +402,7 @@ class OfflineEngine:
             license_expires_at=info.license_expires_at,
         )
 
-    def _policy(self) -> Any:
+    def _policy(self) -> RetryPolicy:
         from offline_cli.retry import RetryPolicy
 
         return RetryPolicy(
@@ -424,11 +430,11 @@ class OfflineEngine:
         started = self._monotonic()
         entry: DownloadEntry | None = None
         self.listener.offlining_started(product)
+        self._record("download_started", product_key=product.key)
         try:
             with self._client() as client:
                 product = self._resolve(product, client)
                 entry = self._prepare_entry(product)
-                self._record("download_started", product_key=product.key)
                 self._event("state_changed", product=product.key, to="IN_PROGRESS")
                 run = _ProductRun(self, product, entry, client)
                 run.run()
@@ -525,13 +531,14 @@ class OfflineEngine:
                     )
                 else:
                     self.store.downloads.mark_failed(entry.id, str(error), kind)
-            self._record(
-                "download_failed",
-                product_key=product.key,
-                error_kind=kind.value,
-                attempts=current.attempt_count if current else None,
-                detail=str(error),
-            )
+        attempts = self.store.get_download(entry.id) if entry is not None else None
+        self._record(
+            "download_failed",
+            product_key=product.key,
+            error_kind=kind.value,
+            attempts=attempts.attempt_count if attempts else None,
+            detail=str(error),
+        )
         self._event("download_failed", product=product.key, kind=kind.value, error=str(error))
         self.listener.offlining_failed(product, error)
 
