@@ -379,6 +379,27 @@ def _duration(text: str | None, option: str) -> float | None:
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Also print log events.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+Retries = Annotated[
+    int | None, typer.Option("--retries", min=0, help="Retries without progress (default 5).")
+]
+StallTimeout = Annotated[
+    str | None, typer.Option("--stall-timeout", help="No bytes for this long is an error (30s).")
+]
+NetworkTimeout = Annotated[
+    str | None,
+    typer.Option("--network-timeout", help="How long a paused download waits for its host."),
+]
+
+
+def _transfer_overrides(
+    retries: int | None, stall_timeout: str | None, network_timeout: str | None
+) -> dict[str, Any]:
+    """The settings both downloading commands take from their options."""
+    return {
+        "retries": retries,
+        "stall_timeout": _duration(stall_timeout, "--stall-timeout"),
+        "network_timeout": _duration(network_timeout, "--network-timeout"),
+    }
 
 
 def _version(value: bool) -> None:
@@ -448,16 +469,9 @@ def offline(
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="Exit 3 if another process downloads it.")
     ] = False,
-    retries: Annotated[
-        int | None, typer.Option("--retries", min=0, help="Retries without progress (default 5).")
-    ] = None,
-    stall_timeout: Annotated[
-        str | None, typer.Option("--stall-timeout", help="No bytes for this long is an error.")
-    ] = None,
-    network_timeout: Annotated[
-        str | None,
-        typer.Option("--network-timeout", help="How long to wait for the network to return."),
-    ] = None,
+    retries: Retries = None,
+    stall_timeout: StallTimeout = None,
+    network_timeout: NetworkTimeout = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -470,14 +484,9 @@ def offline(
         if not names:
             raise UsageError("no product given", hint="offline URL... or offline -i FILE")
         parsed = _parse_offline_products(names, product_id, license_url, sha256)
-        overrides = {
-            "source": source,
-            "retries": retries,
-            "stall_timeout": _duration(stall_timeout, "--stall-timeout"),
-            "network_timeout": _duration(network_timeout, "--network-timeout"),
-        }
+        overrides = _transfer_overrides(retries, stall_timeout, network_timeout)
         with _reporting() as reporter:
-            engine = _engine(reporter, **overrides)
+            engine = _engine(reporter, source=source, **overrides)
             failures = _offline_all(engine, parsed, wait=not no_wait)
     except OfflineError as exc:
         _fail(exc)
@@ -636,7 +645,9 @@ def resume(
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="Skip downloads another process runs (exit 3).")
     ] = False,
-    retries: Annotated[int | None, typer.Option("--retries", min=0)] = None,
+    retries: Retries = None,
+    stall_timeout: StallTimeout = None,
+    network_timeout: NetworkTimeout = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -645,8 +656,9 @@ def resume(
     codes: list[int] = []
     try:
         wanted = [_product_from_name(n) for n in products] if products else None
+        overrides = _transfer_overrides(retries, stall_timeout, network_timeout)
         with _reporting() as reporter:
-            engine = _engine(reporter, retries=retries)
+            engine = _engine(reporter, **overrides)
             todo = engine.resumable_products(wanted)
             if not todo:
                 _say("nothing to resume")

@@ -633,3 +633,12 @@ def test_progress_lines_when_piped(cli, home: Path, httpserver: HTTPServer) -> N
     assert lines[0] == "track:1: downloading"
     assert lines[-1].startswith("track:1: done (204.8 kB in ")
     assert len(lines) <= 4
+
+
+def test_resume_takes_the_transfer_options(cli, home) -> None:
+    bad = cli("resume", "--stall-timeout", "soon")
+    assert bad.exit_code == 2
+    assert "--stall-timeout" in bad.stderr and "malformed duration" in bad.stderr
+    ok = cli("resume", "--retries", "2", "--stall-timeout", "5s", "--network-timeout", "1m")
+    assert ok.exit_code == 0, ok.output
+    assert "nothing to resume" in ok.stderr
