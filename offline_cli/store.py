@@ -230,9 +230,31 @@ class Store:
         )
         _database.initialize(self._db)
         with self._errors():
-            self._db.connect(reuse_if_open=True)
-            self._migrate()
+            self._open(busy_timeout_s)
         self.downloads = DownloadStateManager(self)
+
+    def _open(self, busy_timeout_s: float) -> None:
+        """Connect and migrate, retrying "locked" for up to the busy timeout.
+
+        Switching a new file to WAL upgrades a read lock, and SQLite answers BUSY at once
+        (no busy timeout) when another process holds a write lock then, as when two cron
+        jobs create the store together. Retrying is safe: the migration is one transaction.
+        """
+        deadline = time.monotonic() + busy_timeout_s
+        delay = 0.01
+        while True:
+            try:
+                self._db.connect(reuse_if_open=True)
+                self._migrate()
+                return
+            except (peewee.OperationalError, sqlite3.OperationalError) as exc:
+                text = str(exc)
+                if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                    raise
+                if not self._db.is_closed():
+                    self._db.close()
+                time.sleep(delay)
+                delay = min(delay * 2, 0.25)
 
     def close(self) -> None:
         if not self._db.is_closed():

@@ -322,6 +322,10 @@ class Transfer:
         total = self._total_from(response, offset)
         if total is not None:
             self._check_space(total - offset)
+        if not append:
+            # Drop the old bytes before the new validators are recorded: a crash in between
+            # must never leave bytes of one version under the validators of another.
+            self.partial_path.unlink(missing_ok=True)
         # Record the validators before the first byte lands, so bytes on disk always have
         # a checkpoint that says which version of the file they belong to.
         self.checkpoint = Checkpoint(

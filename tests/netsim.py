@@ -15,6 +15,7 @@ import http.server
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -62,6 +63,15 @@ class Served:
     headers: dict[str, str] = field(default_factory=dict)  # the request's headers
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    """No stack trace on stderr when a client dies or hangs up mid-request (kill -9 tests)."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 class NetSim:
     """A threaded HTTP/1.1 server on 127.0.0.1 with per-path resources and faults."""
 
@@ -89,7 +99,7 @@ class NetSim:
                         sim._active -= 1
 
         # port: bind a given port, e.g. to bring a stopped host back at the same address
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._server = _QuietServer(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread: threading.Thread | None = None
