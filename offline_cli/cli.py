@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY, EXIT_STORAGE = 0, 1, 2, 3, 4
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+_PAUSED_NOTE = "a download in progress was saved as PAUSED (run `offline-cli resume`)"
 PROG = "offline-cli"
 
 
@@ -86,7 +87,7 @@ class _OneLineErrors(typer.core.TyperGroup):
         # Without standalone mode typer returns the exit code (130 for Ctrl-C) or None.
         code = result if isinstance(result, int) else EXIT_OK
         if code == EXIT_SIGINT:
-            _print_error("interrupted; the download was saved as PAUSED (run `offline-cli resume`)")
+            _print_error(f"interrupted; {_PAUSED_NOTE}")
         sys.exit(code)
 
 
@@ -840,10 +841,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         app(args=list(argv) if argv is not None else None, prog_name=PROG)
     except KeyboardInterrupt:
-        _print_error("interrupted; the download was saved as PAUSED (run `offline-cli resume`)")
+        _print_error(f"interrupted; {_PAUSED_NOTE}")
         sys.exit(EXIT_SIGINT)
     except Terminated:
-        _print_error("terminated; the download was saved as PAUSED (run `offline-cli resume`)")
+        _print_error(f"terminated; {_PAUSED_NOTE}")
         sys.exit(EXIT_SIGTERM)
     finally:
         signal.signal(signal.SIGTERM, previous)

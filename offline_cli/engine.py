@@ -64,6 +64,8 @@ PROGRESS_NOTIFY_INTERVAL_S = 0.1
 # How long delete waits for a running download in another process to stop.
 CANCEL_WAIT_S = 10.0
 LOCK_POLL_S = 0.05
+# Longer than any lock probe (is_running_elsewhere holds a lock for microseconds).
+LOCK_PROBE_GRACE_S = 0.2
 LAST_MAINTENANCE_KEY = "last_maintenance_at"
 
 _RUNNABLE_STATES = (DownloadState.PENDING, DownloadState.IN_PROGRESS, DownloadState.PAUSED)
@@ -307,7 +309,9 @@ class OfflineEngine:
         lock = self._lock(product.key)
         waited = False
         try:
-            lock.acquire(timeout=0)
+            # A short grace: cleanup and maintenance probe locks for an instant, and that
+            # must not read as another download.
+            lock.acquire(timeout=LOCK_PROBE_GRACE_S, poll_interval=LOCK_POLL_S / 5)
         except Timeout:
             if not wait:
                 entry = self.store.latest_download(product.key)
@@ -573,9 +577,11 @@ class OfflineEngine:
     def _delete_key(self, key: str) -> bool:
         store = self.store
         lock = self._lock(key)
+        cancelled_running = False
         try:
-            lock.acquire(timeout=0)
+            lock.acquire(timeout=LOCK_PROBE_GRACE_S, poll_interval=LOCK_POLL_S / 5)
         except Timeout:
+            cancelled_running = True
             store.downloads.request_cancel(key)
             self._event("cancel_requested", product=key)
             try:
@@ -597,9 +603,18 @@ class OfflineEngine:
                 safe_remove(self.layout, Path(offlined.media_path))
                 if offlined.license_path:
                     safe_remove(self.layout, Path(offlined.license_path))
+            # The download this delete cancelled keeps its CANCELLED entry (no files) as a
+            # record; cleanup removes it after the retention age.
+            keep = {
+                d.id
+                for d in store.list_downloads([DownloadState.CANCELLED], product_key=key)
+                if cancelled_running
+            }
             with store.transaction():
                 store.delete_offlined(key)
-                store.delete_downloads(key)
+                for entry in downloads:
+                    if entry.id not in keep:
+                        store.delete_download(entry.id)
             urls = [u for d in downloads for u in (d.media_url, d.license_url)]
             if offlined is not None:
                 urls += [offlined.source_url, offlined.license_url]
