@@ -1,0 +1,950 @@
+#!/usr/bin/env python3
+"""offline-cli benchmarks: speed and memory, as ratios against reference runs made alongside.
+
+Run with ``make bench`` (``.venv/bin/python bench/run.py``); ``--help`` lists the knobs.
+Everything happens on loopback (servers on 127.0.0.1 started here) in a temporary folder.
+See bench/README.md for what each section measures and how to read it.
+
+Sections:
+  1. throughput  ``offline-cli offline URL`` of one large file vs curl, wget, aria2c
+  2. memory      peak RSS of offline-cli for a small and a large file (plus references)
+  3. latency     ``state`` / ``state --json`` with 1 and N products vs python baselines,
+                 and the slowest imports of ``offline_cli.cli`` (python -X importtime)
+  4. resume      SIGKILL half-way through a rate-limited download, then ``resume``: bytes
+                 fetched again beyond the missing part (server-side byte count)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+sys.path.insert(0, str(BENCH_DIR))
+
+from sendfile_server import SendfileServer  # noqa: E402
+
+MB = 1_000_000  # decimal megabytes throughout (MB/s as curl and wget print them)
+PYTHON = sys.executable
+_VENV_SCRIPT = Path(PYTHON).parent / "offline-cli"
+OFFLINE_CLI: list[str] = (
+    [str(_VENV_SCRIPT)] if _VENV_SCRIPT.exists() else [PYTHON, "-m", "offline_cli"]
+)
+
+# -- child processes ------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One finished child process: wall time, exit code, peak RSS and its output."""
+
+    cmd: list[str]
+    wall_s: float
+    returncode: int
+    maxrss_kb: int
+    stdout: str
+    stderr: str
+
+    def check(self) -> Run:
+        if self.returncode != 0:
+            raise BenchError(
+                f"{' '.join(self.cmd)} exited {self.returncode}: {self.stderr.strip()[-500:]}"
+            )
+        return self
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def _find_gnu_time() -> str | None:
+    """GNU time, to read a child's own peak RSS (see ``Child``); None when absent."""
+    path = shutil.which("time", path="/usr/bin:/bin:/usr/local/bin")
+    if path is None:
+        return None
+    try:
+        with tempfile.NamedTemporaryFile("r") as f:
+            subprocess.run([path, "-f", "%M", "-o", f.name, "true"], check=True, timeout=10)
+            return path if f.read().strip().isdigit() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+GNU_TIME = _find_gnu_time()
+
+
+class Child:
+    """A child process in its own process group, with output in temporary files.
+
+    Peak RSS: Linux keeps a process's RSS high-water mark across fork (vfork) and exec, so
+    ``ru_maxrss`` of a child of this (Python, tens of MB) process is never below our own
+    peak. With ``measure_rss`` the command runs under GNU time (a small C program), whose
+    ``%M`` is the child's own peak; without GNU time ``os.wait4``'s value is used, and is a
+    floor-limited upper bound.
+    """
+
+    def __init__(
+        self, cmd: Sequence[str], env: dict[str, str] | None = None, *, measure_rss: bool = False
+    ) -> None:
+        self.cmd = list(cmd)
+        self._out = tempfile.TemporaryFile()  # noqa: SIM115 - closed in reap()
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in reap()
+        self._rss_file: Path | None = None
+        argv = self.cmd
+        if measure_rss and GNU_TIME is not None:
+            fd, name = tempfile.mkstemp(prefix="offline-cli-bench-rss-")
+            os.close(fd)
+            self._rss_file = Path(name)
+            argv = [GNU_TIME, "-f", "%M", "-o", name, *self.cmd]
+        self.started = time.perf_counter()
+        proc = subprocess.Popen(
+            argv,
+            stdout=self._out,
+            stderr=self._err,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,  # one group: kill() reaches GNU time's child too
+        )
+        self.pid = proc.pid
+        proc.returncode = 0  # never let Popen wait for it (or reap it behind our back)
+        with _children_lock:
+            _children[self.pid] = self
+
+    def running(self) -> bool:
+        """True while the child has not exited (looks without reaping it)."""
+        info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        return info is None
+
+    def kill(self) -> None:
+        """SIGKILL the child's process group (safe until reaped: the pid cannot be reused)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+
+    def reap(self, timeout: float = 300.0) -> Run:
+        timer = threading.Timer(timeout, self.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(self.pid, 0)
+        finally:
+            timer.cancel()
+        wall = time.perf_counter() - self.started
+        with _children_lock:
+            _children.pop(self.pid, None)
+        texts = []
+        for f in (self._out, self._err):
+            f.seek(0)
+            texts.append(f.read().decode("utf-8", "replace"))
+            f.close()
+        maxrss = usage.ru_maxrss
+        if self._rss_file is not None:
+            lines = self._rss_file.read_text().split()
+            self._rss_file.unlink(missing_ok=True)
+            maxrss = int(lines[-1]) if lines and lines[-1].isdigit() else -1
+        code = os.waitstatus_to_exitcode(status)
+        return Run(self.cmd, wall, code, maxrss, texts[0], texts[1])
+
+
+_children: dict[int, Child] = {}
+_children_lock = threading.Lock()
+
+
+def run(
+    cmd: Sequence[str],
+    env: dict[str, str] | None = None,
+    *,
+    measure_rss: bool = False,
+    timeout: float = 300.0,
+) -> Run:
+    return Child(cmd, env, measure_rss=measure_rss).reap(timeout)
+
+
+def kill_all_children() -> None:
+    """Kill and reap every child still running (on error or Ctrl-C)."""
+    with _children_lock:
+        children = list(_children.values())
+    for child in children:
+        child.kill()
+        with contextlib.suppress(ChildProcessError):
+            child.reap()
+
+
+def cli_env(home: Path, config: Path) -> dict[str, str]:
+    """The environment for offline-cli: its own home, an empty config, no inherited knobs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLINE_CLI_")}
+    env["OFFLINE_CLI_HOME"] = str(home)
+    env["OFFLINE_CLI_CONFIG"] = str(config)
+    env["NO_COLOR"] = "1"
+    return env
+
+
+# -- small helpers --------------------------------------------------------------------------
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def fmt_ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def write_random_file(path: Path, size: int) -> None:
+    block = os.urandom(MB)
+    with path.open("wb") as f:
+        left = size
+        while left > 0:
+            # A different block each MB (cheap): no two blocks alike, nothing compressible.
+            piece = hashlib.sha256(left.to_bytes(8, "little")).digest() + block
+            piece = piece[: min(left, len(piece))]
+            f.write(piece)
+            left -= len(piece)
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tree_size(folder: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += (Path(root) / name).stat().st_size
+    return total
+
+
+def tool_version(cmd: list[str]) -> str | None:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return None
+    lines = (out.stdout or out.stderr).strip().splitlines()
+    return lines[0] if lines else None
+
+
+def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+
+    def line(r: Sequence[str]) -> str:
+        first = r[0].ljust(widths[0])
+        rest = [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
+        return "  ".join([first, *rest]).rstrip()
+
+    out = [title, line(cells[0]), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in cells[1:]]
+    return "\n".join(out)
+
+
+@dataclass
+class Report:
+    """Results as JSON-able data plus the human tables, printed as each section ends."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+    tables: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add_table(self, text: str) -> None:
+        self.tables.append(text)
+        print("\n" + text, flush=True)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        print(f"note: {text}", file=sys.stderr, flush=True)
+
+
+def progress(text: str) -> None:
+    print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+
+# -- 1 + 2: throughput and memory -----------------------------------------------------------
+
+
+@dataclass
+class Tool:
+    name: str
+    argv: Callable[[str, Path], list[str]]  # (url, output file) -> command
+    env: dict[str, str] | None = None
+    home: Path | None = None  # offline-cli: a fresh home per run
+
+
+def download_tools(tmp: Path, config: Path, report: Report) -> list[Tool]:
+    tools = [
+        Tool("curl", lambda url, out: ["curl", "-s", "-o", str(out), url]),
+        Tool("wget", lambda url, out: ["wget", "-q", "-O", str(out), url]),
+        Tool(
+            "aria2c",
+            lambda url, out: [
+                "aria2c",
+                "-q",
+                "--max-connection-per-server=1",
+                "--split=1",
+                "--allow-overwrite=true",
+                "--auto-file-renaming=false",
+                "-d",
+                str(out.parent),
+                "-o",
+                out.name,
+                url,
+            ],
+        ),
+    ]
+    available = []
+    for tool in tools:
+        if shutil.which(tool.name) is None:
+            hint = " (apt-get install -y aria2)" if tool.name == "aria2c" else ""
+            report.note(f"{tool.name} not installed: skipped{hint}")
+            continue
+        available.append(tool)
+    home = tmp / "home-throughput"
+    available.append(
+        Tool(
+            "offline-cli",
+            lambda url, out: [*OFFLINE_CLI, "-q", "offline", url],
+            env=cli_env(home, config),
+            home=home,
+        )
+    )
+    return available
+
+
+def download_once(tool: Tool, url: str, out: Path, size: int) -> Run:
+    """One timed download into a clean place; checks the size of what was written."""
+    out.unlink(missing_ok=True)
+    if tool.home is not None:
+        shutil.rmtree(tool.home, ignore_errors=True)
+    result = run(tool.argv(url, out), env=tool.env, measure_rss=True).check()
+    if tool.home is not None:
+        files = [p for p in (tool.home / "store").rglob("*") if p.is_file()]
+        got = max((p.stat().st_size for p in files), default=0)
+        shutil.rmtree(tool.home, ignore_errors=True)
+    else:
+        got = out.stat().st_size if out.exists() else 0
+        out.unlink(missing_ok=True)
+    if got != size:
+        raise BenchError(f"{tool.name} wrote {got} bytes, expected {size}")
+    return result
+
+
+def bench_downloads(args: argparse.Namespace, tmp: Path, config: Path, report: Report) -> None:
+    serve = tmp / "serve"
+    serve.mkdir()
+    big_size = args.size_mb * MB
+    small_size = max(1, args.size_mb // 10) * MB
+    progress(f"generating {big_size // MB} MB and {small_size // MB} MB test files")
+    write_random_file(serve / "big.bin", big_size)
+    write_random_file(serve / "small.bin", small_size)
+    tools = download_tools(tmp, config, report)
+    out_dir = tmp / "out"
+    out_dir.mkdir()
+
+    with SendfileServer(serve) as server:
+        url = server.url("big.bin")
+        # Warm up: the source file in the page cache, the binaries and Python's bytecode.
+        for tool in tools:
+            download_once(tool, url, out_dir / "download.bin", big_size)
+        walls: dict[str, list[float]] = {t.name: [] for t in tools}
+        rss: dict[str, list[int]] = {t.name: [] for t in tools}
+        for rep in range(args.repeat):
+            progress(f"throughput: round {rep + 1}/{args.repeat} ({big_size // MB} MB)")
+            for tool in tools:  # interleaved, so drift hits every tool alike
+                r = download_once(tool, url, out_dir / "download.bin", big_size)
+                walls[tool.name].append(r.wall_s)
+                rss[tool.name].append(r.maxrss_kb)
+        cli = next(t for t in tools if t.name == "offline-cli")
+        small_url = server.url("small.bin")
+        small_rss, small_walls = [], []
+        progress(f"memory: offline-cli on {small_size // MB} MB")
+        for _ in range(args.repeat):
+            r = download_once(cli, small_url, out_dir / "small.bin", small_size)
+            small_rss.append(r.maxrss_kb)
+            small_walls.append(r.wall_s)
+
+    curl_wall = median(walls["curl"]) if "curl" in walls else None
+    throughput: dict[str, Any] = {}
+    rows = []
+    for tool in tools:
+        wall = median(walls[tool.name])
+        speed = big_size / MB / wall
+        entry = {
+            "wall_s_median": round(wall, 4),
+            "wall_s_all": [round(w, 4) for w in walls[tool.name]],
+            "mb_per_s": round(speed, 1),
+            "time_ratio_vs_curl": _round(ratio(wall, curl_wall)),
+            "speed_ratio_vs_curl": _round(ratio(curl_wall, wall)),
+            "maxrss_mb_median": round(median(rss[tool.name]) / 1024, 1),
+        }
+        throughput[tool.name] = entry
+        rows.append(
+            [
+                tool.name,
+                f"{wall:.3f}",
+                f"{min(walls[tool.name]):.3f}",
+                f"{speed:.0f}",
+                fmt_ratio(entry["time_ratio_vs_curl"]),
+                fmt_ratio(entry["speed_ratio_vs_curl"]),
+                f"{entry['maxrss_mb_median']:.1f}",
+            ]
+        )
+    report.data["throughput"] = {"size_mb": big_size // MB, "repeat": args.repeat, **throughput}
+    report.add_table(
+        table(
+            f"Download of one {big_size // MB} MB file over loopback "
+            f"(median of {args.repeat}, sendfile server)",
+            ["tool", "wall s", "best s", "MB/s", "time/curl", "speed/curl", "max RSS MB"],
+            rows,
+        )
+    )
+
+    big_rss = median(rss["offline-cli"]) / 1024
+    small_rss_mb = median(small_rss) / 1024
+    memory = {
+        "offline_cli_small": {
+            "size_mb": small_size // MB,
+            "maxrss_mb_median": round(small_rss_mb, 1),
+            "wall_s_median": round(median(small_walls), 4),
+        },
+        "offline_cli_large": {"size_mb": big_size // MB, "maxrss_mb_median": round(big_rss, 1)},
+        "large_over_small": round(big_rss / small_rss_mb, 3),
+    }
+    if "curl" in rss:
+        memory["curl_large_maxrss_mb"] = round(median(rss["curl"]) / 1024, 1)
+    memory["rss_source"] = "GNU time %M" if GNU_TIME else "os.wait4 ru_maxrss (floor: bench RSS)"
+    report.data["memory"] = memory
+
+    # offline-cli's fixed cost (start, store, commit) and its speed once streaming, from the
+    # two sizes: wall = fixed + size / marginal speed.
+    t_big, t_small = median(walls["offline-cli"]), median(small_walls)
+    if big_size > small_size and t_big > t_small:
+        marginal = (big_size - small_size) / MB / (t_big - t_small)
+        fixed = t_small - small_size / MB / marginal
+        report.data["throughput"]["offline-cli"]["marginal_mb_per_s"] = round(marginal, 1)
+        report.data["throughput"]["offline-cli"]["fixed_cost_s"] = round(fixed, 3)
+        line = (
+            f"offline-cli from its {small_size // MB} MB and {big_size // MB} MB runs: "
+            f"fixed cost {fixed:.2f} s + {marginal:.0f} MB/s once streaming"
+        )
+        print(line, flush=True)
+        report.tables.append(line)
+
+
+def _round(x: float | None, digits: int = 3) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+def memory_table(report: Report) -> None:
+    mem = report.data["memory"]
+    base = report.data.get("latency", {}).get("baselines", {})
+    rows = [
+        [
+            f"offline-cli offline ({mem['offline_cli_small']['size_mb']} MB)",
+            f"{mem['offline_cli_small']['maxrss_mb_median']:.1f}",
+        ],
+        [
+            f"offline-cli offline ({mem['offline_cli_large']['size_mb']} MB)",
+            f"{mem['offline_cli_large']['maxrss_mb_median']:.1f}",
+        ],
+        ["  ratio large / small", fmt_ratio(mem["large_over_small"])],
+    ]
+    if "curl_large_maxrss_mb" in mem:
+        rows.append(
+            [
+                f"curl ({mem['offline_cli_large']['size_mb']} MB), reference",
+                f"{mem['curl_large_maxrss_mb']:.1f}",
+            ]
+        )
+    for name, label in (
+        ("python_pass", "python -c pass, reference"),
+        ("python_import_cli", "python -c 'import offline_cli.cli', reference"),
+    ):
+        if name in base:
+            rows.append([label, f"{base[name]['maxrss_mb']:.1f}"])
+    report.add_table(table("Peak memory (max RSS, median)", ["process", "max RSS MB"], rows))
+
+
+# -- 3: latency of the read command -----------------------------------------------------------
+
+
+# The floor of any typer command line: typer runs more than ``import typer`` (its adapters
+# import pydantic when the app is invoked), so this is the fairer "framework" baseline.
+TYPER_MINIMAL_APP = """
+import typer
+app = typer.Typer()
+@app.command()
+def hello(name: str = "x") -> None:
+    pass
+@app.command()
+def bye() -> None:
+    pass
+app(["hello"])
+"""
+
+
+def populate(n: int, server: SendfileServer, home: Path, config: Path, tmp: Path) -> Run:
+    """N committed products through the public path: one ``offline -i`` of N tiny URLs."""
+    listing = tmp / f"products-{n}.txt"
+    listing.write_text("".join(f"{server.url('tiny.bin')}?i={i}\n" for i in range(n)))
+    cmd = [*OFFLINE_CLI, "-q", "offline", "-i", str(listing)]
+    return run(cmd, env=cli_env(home, config), measure_rss=True)
+
+
+def bench_latency(args: argparse.Namespace, tmp: Path, config: Path, report: Report) -> None:
+    serve = tmp / "serve-tiny"
+    serve.mkdir()
+    (serve / "tiny.bin").write_bytes(os.urandom(1024))
+    counts = sorted({1, args.products})
+    homes = {n: tmp / f"home-state-{n}" for n in counts}
+    populated: dict[str, Any] = {}
+    with SendfileServer(serve) as server:
+        for n in counts:
+            progress(f"latency: populating a store with {n} product(s)")
+            r = populate(n, server, homes[n], config, tmp).check()
+            populated[str(n)] = {
+                "wall_s": round(r.wall_s, 3),
+                "products_per_s": round(n / r.wall_s, 1),
+                "maxrss_mb": round(r.maxrss_kb / 1024, 1),
+            }
+    # The server is gone: `state` never touches the network, and now it provably cannot.
+    for n in counts:
+        listing = run([*OFFLINE_CLI, "state"], env=cli_env(homes[n], config)).check()
+        lines = [ln for ln in listing.stdout.splitlines() if ln.strip()]
+        valid = sum(ln.endswith("\tOFFLINED_AND_VALID") for ln in lines)
+        if len(lines) != n or valid != n:
+            raise BenchError(f"store of {n}: state listed {len(lines)} lines, {valid} valid")
+
+    commands: dict[str, tuple[list[str], dict[str, str] | None]] = {
+        "python_pass": ([PYTHON, "-c", "pass"], None),
+        "python_import_typer": ([PYTHON, "-c", "import typer"], None),
+        "python_import_cli": ([PYTHON, "-c", "import offline_cli.cli"], None),
+        "typer_minimal_app": ([PYTHON, "-c", TYPER_MINIMAL_APP], None),
+        "cli_version": ([*OFFLINE_CLI, "--version"], None),
+    }
+    for n in counts:
+        env = cli_env(homes[n], config)
+        commands[f"state_{n}"] = ([*OFFLINE_CLI, "state"], env)
+        commands[f"state_json_{n}"] = ([*OFFLINE_CLI, "state", "--json"], env)
+    one_product = f"http://127.0.0.1:{server.port}/tiny.bin?i=0"
+    commands[f"state_one_of_{args.products}"] = (
+        [*OFFLINE_CLI, "state", one_product],
+        cli_env(homes[args.products], config),
+    )
+    walls: dict[str, list[float]] = {k: [] for k in commands}
+    rss: dict[str, list[int]] = {k: [] for k in commands}
+    for name, (cmd, env) in commands.items():
+        # Warm-up (bytecode, page cache), under GNU time for the peak RSS; the timed runs
+        # are bare, so the wrapper's own fork and exec are not in the latency.
+        rss[name].append(run(cmd, env=env, measure_rss=True).check().maxrss_kb)
+    progress(f"latency: {args.runs} rounds of {len(commands)} commands")
+    for _ in range(args.runs):
+        for name, (cmd, env) in commands.items():  # interleaved, so drift hits all alike
+            walls[name].append(run(cmd, env=env).check().wall_s)
+
+    base_pass = median(walls["python_pass"])
+    base_typer = median(walls["python_import_typer"])
+    base_app = median(walls["typer_minimal_app"])
+    results: dict[str, Any] = {}
+    for name in commands:
+        m = median(walls[name])
+        results[name] = {
+            "median_ms": round(m * 1000, 1),
+            "min_ms": round(min(walls[name]) * 1000, 1),
+            "maxrss_mb": round(median(rss[name]) / 1024, 1),
+            "ratio_vs_python_pass": _round(ratio(m, base_pass)),
+            "ratio_vs_import_typer": _round(ratio(m, base_typer)),
+            "ratio_vs_typer_app": _round(ratio(m, base_app)),
+        }
+    big = args.products
+    per_product = None
+    if big > 1:
+        per_product = (median(walls[f"state_{big}"]) - median(walls["state_1"])) / (big - 1)
+    labels = {
+        "python_pass": 'python -c "pass"',
+        "python_import_typer": 'python -c "import typer"',
+        "python_import_cli": 'python -c "import offline_cli.cli"',
+        "typer_minimal_app": "a minimal typer app (2 commands), run",
+        "cli_version": "offline-cli --version",
+    }
+    for n in counts:
+        labels[f"state_{n}"] = f"offline-cli state ({n} product{'s' if n > 1 else ''})"
+        labels[f"state_json_{n}"] = f"offline-cli state --json ({n} product{'s' if n > 1 else ''})"
+    labels[f"state_one_of_{big}"] = f"offline-cli state URL (1 of {big})"
+    rows = [
+        [
+            labels[name],
+            f"{r['median_ms']:.1f}",
+            f"{r['min_ms']:.1f}",
+            fmt_ratio(r["ratio_vs_python_pass"]),
+            fmt_ratio(r["ratio_vs_import_typer"]),
+            fmt_ratio(r["ratio_vs_typer_app"]),
+            f"{r['maxrss_mb']:.1f}",
+        ]
+        for name, r in results.items()
+    ]
+    base_names = ("python_pass", "python_import_typer", "python_import_cli", "typer_minimal_app")
+    baselines = {k: results[k] for k in base_names}
+    report.data["latency"] = {
+        "runs": args.runs,
+        "populate": populated,
+        "baselines": baselines,
+        "commands": {k: v for k, v in results.items() if k not in baselines},
+        "state_ms_per_extra_product": _round(
+            None if per_product is None else per_product * 1000, 4
+        ),
+    }
+    title = f"Command latency (median of {args.runs} runs, wall clock incl. interpreter start)"
+    report.add_table(
+        table(
+            title,
+            ["command", "median ms", "min ms", "/ pass", "/ import typer", "/ typer app", "RSS MB"],
+            rows,
+        )
+    )
+    extra = [
+        f"populating {n} product(s) with one `offline -i`: {p['wall_s']:.2f} s "
+        f"({p['products_per_s']:.0f} products/s)"
+        for n, p in populated.items()
+    ]
+    if per_product is not None:
+        extra.append(f"`state` cost per extra product: {per_product * 1000:.3f} ms")
+    print("\n".join(extra), flush=True)
+    report.tables.append("\n".join(extra))
+
+
+def parse_importtime(stderr: str) -> dict[str, dict[str, Any]]:
+    """``-X importtime`` lines by module: depth, self and cumulative milliseconds."""
+    entries: dict[str, dict[str, Any]] = {}
+    for line in stderr.splitlines():
+        parts = line.removeprefix("import time:").split("|")
+        if not line.startswith("import time:") or len(parts) != 3 or not parts[0].strip().isdigit():
+            continue
+        self_us, cumulative_us, name = parts
+        entries[name.strip()] = {
+            "module": name.strip(),
+            "depth": (len(name) - len(name.lstrip()) - 1) // 2,
+            "self_ms": int(self_us) / 1000,
+            "cumulative_ms": int(cumulative_us) / 1000,
+        }
+    return entries
+
+
+def importtime_median(
+    cmd: list[str], env: dict[str, str] | None, runs: int
+) -> list[dict[str, Any]]:
+    """Per module, the run with the median cumulative time (imports are noisy)."""
+    samples: dict[str, list[dict[str, Any]]] = {}
+    for _ in range(runs):
+        env_x = dict(env if env is not None else os.environ, PYTHONPROFILEIMPORTTIME="1")
+        for name, entry in parse_importtime(run(cmd, env=env_x).check().stderr).items():
+            samples.setdefault(name, []).append(entry)
+    result = []
+    for entries in samples.values():
+        ordered = sorted(entries, key=lambda e: e["cumulative_ms"])
+        result.append(ordered[len(ordered) // 2])
+    return result
+
+
+def bench_importtime(report: Report, state_home: Path, config: Path, top: int = 10) -> None:
+    runs = 5
+    at_import = importtime_median([PYTHON, "-c", "import offline_cli.cli"], None, runs)
+    if not at_import:
+        report.note("python -X importtime gave no output")
+        return
+    total = max(e["cumulative_ms"] for e in at_import)
+    by_cumulative = sorted(at_import, key=lambda e: e["cumulative_ms"], reverse=True)[:top]
+    by_self = sorted(at_import, key=lambda e: e["self_ms"], reverse=True)[:top]
+    # What a real command imports beyond the module itself (typer's runtime, for one).
+    env = cli_env(state_home, config)
+    at_run = importtime_median([PYTHON, "-m", "offline_cli", "state"], env, runs)
+    imported = {e["module"] for e in at_import}
+    extra = [e for e in at_run if e["module"] not in imported]
+    extra_roots = [e for e in extra if e["depth"] == min((x["depth"] for x in extra), default=0)]
+    extra_top = sorted(extra, key=lambda e: e["cumulative_ms"], reverse=True)[:5]
+    extra_total = sum(e["cumulative_ms"] for e in extra_roots)
+    report.data["importtime"] = {
+        "runs": runs,
+        "total_ms": round(total, 1),
+        "modules": len(at_import),
+        "top_cumulative": by_cumulative,
+        "top_self": by_self,
+        "state_command_extra_modules": len(extra),
+        "state_command_extra_ms": round(extra_total, 1),
+        "state_command_extra_top": extra_top,
+    }
+    rows = [
+        [e["module"], e["depth"], f"{e['cumulative_ms']:.1f}", f"{e['self_ms']:.1f}"]
+        for e in by_cumulative
+    ]
+    rows.append(["", "", "", ""])
+    rows.append([f"imported only when `state` runs ({len(extra)} modules):", "", "", ""])
+    rows += [
+        ["  " + e["module"], e["depth"], f"{e['cumulative_ms']:.1f}", f"{e['self_ms']:.1f}"]
+        for e in extra_top
+    ]
+    report.add_table(
+        table(
+            f"Import time: python -X importtime -c 'import offline_cli.cli': {total:.0f} ms, "
+            f"{len(at_import)} modules (median of {runs}, informative); top {top} cumulative",
+            ["module", "depth", "cumulative ms", "self ms"],
+            rows,
+        )
+    )
+
+
+# -- 4: resume efficiency ---------------------------------------------------------------------
+
+
+def bench_resume(args: argparse.Namespace, tmp: Path, config: Path, report: Report) -> None:
+    sys.path.insert(0, str(REPO))
+    try:
+        from tests.netsim import NetSim, Resource  # type: ignore[import-not-found]
+    except ImportError as exc:
+        report.note(f"resume section skipped: cannot import tests.netsim ({exc})")
+        return
+    size = int(args.resume_mb * MB)
+    rate = args.resume_rate_mb * MB
+    body = os.urandom(size)
+    home = tmp / "home-resume"
+    env = cli_env(home, config)
+    sim = NetSim()
+    sim.add("/file", Resource(body, rate=rate))
+    sim.start(poll_interval=0.05)
+    try:
+        url = sim.url("/file")
+        partial_dir = home / "partial"
+        progress(f"resume: {size / MB:g} MB at {rate / MB:g} MB/s, SIGKILL at half")
+        child = Child([*OFFLINE_CLI, "-q", "offline", url], env)
+        deadline = time.monotonic() + 60 + 2 * size / rate
+        while time.monotonic() < deadline and child.running():
+            if partial_dir.is_dir() and tree_size(partial_dir) >= size // 2:
+                break
+            time.sleep(0.005)
+        child.kill()
+        first = child.reap()
+        if first.returncode != -signal.SIGKILL:
+            raise BenchError(f"the first run was not killed (exit {first.returncode})")
+        on_disk = tree_size(partial_dir)
+        sim.wait_idle(10)
+        sent_first = sim.bytes_sent("/file")
+        requests_before = len(sim.requests("/file"))
+
+        second = run([*OFFLINE_CLI, "-q", "resume"], env=env).check()
+        sim.wait_idle(10)
+        sent_resume = sim.bytes_sent("/file") - sent_first
+        resume_requests = sim.requests("/file")[requests_before:]
+        state = run([*OFFLINE_CLI, "state", url], env=env).check().stdout.strip()
+        stored = [p for p in (home / "store").rglob("*") if p.is_file() and p.stat().st_size]
+        intact = any(sha256_of(p) == hashlib.sha256(body).hexdigest() for p in stored)
+    finally:
+        sim.stop()
+    missing = size - on_disk
+    extra = sent_resume - missing
+    data = {
+        "size_bytes": size,
+        "rate_bytes_per_s": rate,
+        "killed_after_s": round(first.wall_s, 3),
+        "partial_on_disk_at_kill": on_disk,
+        "sent_before_kill": sent_first,
+        "lost_in_flight_at_kill": sent_first - on_disk,
+        "missing_bytes": missing,
+        "sent_by_resume": sent_resume,
+        "refetched_beyond_missing": extra,
+        "resume_requests": [
+            {"status": s.status, "range": s.range, "if_range": s.if_range, "bytes": s.bytes_sent}
+            for s in resume_requests
+        ],
+        "resume_wall_s": round(second.wall_s, 3),
+        "ideal_resume_s": round(missing / rate, 3),
+        "final_state": state,
+        "final_sha256_matches": intact,
+        "total_sent_over_size": round((sent_first + sent_resume) / size, 4),
+    }
+    report.data["resume"] = data
+    ranges = ", ".join(f"{r['status']} {r['range'] or 'no Range'}" for r in data["resume_requests"])
+    rows = [
+        ["file size", f"{size:,}"],
+        ["on disk when killed (partial)", f"{on_disk:,}"],
+        ["sent by the server before the kill", f"{sent_first:,}"],
+        ["  lost in flight (socket buffers)", f"{sent_first - on_disk:,}"],
+        ["missing after the kill", f"{missing:,}"],
+        ["sent by the server for `resume`", f"{sent_resume:,}"],
+        ["refetched beyond the missing part", f"{extra:,}"],
+        ["resume requests", ranges],
+        ["resume wall time s (ideal at the rate)", f"{second.wall_s:.2f} ({missing / rate:.2f})"],
+        ["total sent / size", f"{data['total_sent_over_size']:.4f}"],
+        ["final state, sha256 matches", f"{state}, {intact}"],
+    ]
+    report.add_table(
+        table(
+            f"Resume after SIGKILL half-way ({size / MB:g} MB at {rate / MB:g} MB/s, NetSim)",
+            ["measure", "value"],
+            rows,
+        )
+    )
+    if extra != 0:
+        report.note(f"resume refetched {extra} bytes beyond the missing part")
+    if state != "OFFLINED_AND_VALID" or not intact:
+        report.note(f"resumed product is {state}, sha256 match: {intact}")
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--size-mb", type=int, default=200, help="large file size (default 200)")
+    p.add_argument("--repeat", type=int, default=3, help="timed downloads per tool (default 3)")
+    p.add_argument("--runs", type=int, default=15, help="runs per latency command (default 15)")
+    p.add_argument("--products", type=int, default=1000, help="products in the big store (1000)")
+    p.add_argument("--resume-mb", type=float, default=8, help="resume file size (default 8)")
+    p.add_argument("--resume-rate-mb", type=float, default=4, help="its rate, MB/s (default 4)")
+    p.add_argument(
+        "--only",
+        choices=["downloads", "latency", "resume"],
+        action="append",
+        help="run only these sections (repeatable); memory comes with downloads",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=BENCH_DIR / "results" / "latest.json",
+        help="JSON results (default bench/results/latest.json)",
+    )
+    p.add_argument("--tmp", type=Path, default=None, help="where the temporary folder goes")
+    args = p.parse_args(argv)
+    if args.size_mb < 1 or args.repeat < 1 or args.runs < 1 or args.products < 1:
+        p.error("sizes and counts must be >= 1")
+    return args
+
+
+def meta(args: argparse.Namespace) -> dict[str, Any]:
+    version = run([*OFFLINE_CLI, "--version"]).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--", "offline_cli"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "offline_cli": version,
+        "git_commit": commit + ("+dirty" if dirty else ""),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "tools": {
+            "curl": tool_version(["curl", "--version"]),
+            "wget": tool_version(["wget", "--version"]),
+            "aria2c": tool_version(["aria2c", "--version"]),
+        },
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    }
+
+
+@contextlib.contextmanager
+def cleanup_on_signals() -> Iterator[None]:
+    """SIGTERM behaves like Ctrl-C, so the finally blocks kill children and servers."""
+
+    def raise_interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        kill_all_children()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    sections = set(args.only or ["downloads", "latency", "resume"])
+    report = Report()
+    started = time.perf_counter()
+    with cleanup_on_signals():
+        report.data["meta"] = meta(args)
+        m = report.data["meta"]
+        print(
+            f"offline-cli bench  {m['date']}  {m['offline_cli']} ({m['git_commit']})  "
+            f"Python {m['python']}  {m['cpus']} CPUs  {m['platform']}",
+            flush=True,
+        )
+        with tempfile.TemporaryDirectory(prefix="offline-cli-bench-", dir=args.tmp) as tmp_name:
+            tmp = Path(tmp_name)
+            config = tmp / "empty-config.toml"
+            config.write_text("")
+            if "downloads" in sections:
+                bench_downloads(args, tmp, config, report)
+            if "latency" in sections:
+                bench_latency(args, tmp, config, report)
+                bench_importtime(report, tmp / "home-state-1", config)
+            if "downloads" in sections:
+                memory_table(report)
+            if "resume" in sections:
+                bench_resume(args, tmp, config, report)
+    elapsed = time.perf_counter() - started
+    report.data["meta"]["bench_wall_s"] = round(elapsed, 1)
+    report.data["notes"] = report.notes
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report.data, indent=2, default=_json_default) + "\n")
+    if report.notes:
+        print("\nnotes:\n" + "\n".join(f"- {n}" for n in report.notes))
+    print(f"\nbench took {elapsed:.0f} s; results in {_display(args.out)}", flush=True)
+    return 0
+
+
+def _json_default(obj: object) -> object:
+    if hasattr(obj, "__dataclass_fields__"):
+        return asdict(obj)  # type: ignore[call-overload]
+    return str(obj)
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        sys.exit(130)
