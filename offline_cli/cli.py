@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 import typer.core
-from rich.console import Console
 
 from offline_cli import __version__
 from offline_cli.config import Settings, config_file_path, load_settings
@@ -45,6 +44,7 @@ from offline_cli.models import (
 from offline_cli.paths import HOME_ENV, default_home
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.progress import Progress, TaskID
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY, EXIT_STORAGE = 0, 1, 2, 3, 4
@@ -113,6 +113,8 @@ class _Output:
 
     @property
     def err(self) -> Console:
+        from rich.console import Console  # only commands that draw pay for rich
+
         return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -561,16 +563,14 @@ def state(
     try:
         wanted = [_product_from_name(n) for n in products] if products else None
         engine = _engine()
-        items = wanted if wanted is not None else engine.known_products()
         rows = []
-        for product in items:
-            offline_state = engine.get_offline_state(product)
+        for status in engine.product_statuses(wanted, with_downloads=json_out):
             if not json_out:
-                line = offline_state.value
-                _data(line if wanted is not None else f"{product.key}\t{line}")
+                line = status.state.value
+                _data(line if wanted is not None else f"{status.key}\t{line}")
                 continue
-            row: dict[str, Any] = {"product": product.key, "state": offline_state.value}
-            download = engine.latest_download(product)
+            row: dict[str, Any] = {"product": status.key, "state": status.state.value}
+            download = status.download
             if download is not None:
                 row["download"] = {
                     "state": download.state.value,
@@ -792,6 +792,8 @@ def health(
         rows.append((f"failures: {kind}", str(count)))
     for name, value in rows:
         table.add_row(name, value)
+    from rich.console import Console
+
     console = Console(highlight=False)
     console.print(table)
     if report.per_day:

@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from offline_cli.models import redact_url
+from offline_cli.models import REDACTED, redact_url
 
 
 class CredentialVault:
@@ -19,8 +19,15 @@ class CredentialVault:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._cache: dict[str, str] | None = None
 
-    def _load(self) -> dict[str, str]:
+    def _load(self, fresh: bool = False) -> dict[str, str]:
+        """The mapping, read once per vault (``fresh`` re-reads: another process may add)."""
+        if self._cache is None or fresh:
+            self._cache = self._read()
+        return self._cache
+
+    def _read(self) -> dict[str, str]:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -35,6 +42,7 @@ class CredentialVault:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(data, f)
             os.replace(tmp, self.path)
+            self._cache = data
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -45,7 +53,7 @@ class CredentialVault:
             return None
         redacted = redact_url(url)
         if redacted != url:
-            data = self._load()
+            data = dict(self._load(fresh=True))
             if data.get(redacted) != url:
                 data[redacted] = url
                 self._save(data)
@@ -55,10 +63,13 @@ class CredentialVault:
         """The full URL for a redacted one (unchanged when it had no credentials)."""
         if url is None:
             return None
-        return self._load().get(url, url)
+        known = self._load()
+        if url not in known and REDACTED in url:
+            known = self._load(fresh=True)
+        return known.get(url, url)
 
     def forget(self, urls: list[str | None]) -> None:
-        data = self._load()
+        data = dict(self._load(fresh=True))
         if any(u in data for u in urls if u):
             for u in urls:
                 if u:

@@ -121,6 +121,15 @@ class CoordinatedDownload:
 
 
 @dataclass(frozen=True)
+class ProductStatus:
+    """One line of `state`: a product's OfflineState and its latest download entry."""
+
+    key: str
+    state: OfflineState
+    download: DownloadEntry | None
+
+
+@dataclass(frozen=True)
 class ResumeResult:
     product: MediaProduct
     outcome: Outcome | None
@@ -156,6 +165,8 @@ class OfflineEngine:
         self._network_monitor = network_monitor
         self._store: Store | None = None
         self._maintenance_checked = False
+        self._http: httpx.Client | None = None
+        self._vault: CredentialVault | None = None
 
     # -- infrastructure -------------------------------------------------------------------
 
@@ -169,6 +180,9 @@ class OfflineEngine:
         return self._store
 
     def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -195,6 +209,12 @@ class OfflineEngine:
         return False
 
     def _client(self) -> httpx.Client:
+        """One HTTP client per engine: connections and the TLS setup are shared by products."""
+        if self._http is None:
+            self._http = self._new_client()
+        return self._http
+
+    def _new_client(self) -> httpx.Client:
         from offline_cli.transfer import make_client
 
         return make_client(
@@ -226,19 +246,43 @@ class OfflineEngine:
     @property
     def vault(self) -> CredentialVault:
         """Full URLs with credentials live here (0600), never in the database or logs."""
-        return CredentialVault(self.layout.credentials_file)
+        if self._vault is None:
+            self._vault = CredentialVault(self.layout.credentials_file)
+        return self._vault
 
     # -- state ----------------------------------------------------------------------------
 
     def get_offline_state(self, product: MediaProduct) -> OfflineState:
-        entry = self.store.get_offlined(product.key)
+        return self._state_of(self.store.get_offlined(product.key))
+
+    def _state_of(self, entry: OfflinedEntry | None) -> OfflineState:
         if entry is None:
             return OfflineState.NOT_OFFLINED
-        return (
-            OfflineState.OFFLINED_AND_VALID
-            if self._quick_valid(entry) is None
-            else (OfflineState.OFFLINED_BUT_NOT_VALID)
-        )
+        if self._quick_valid(entry) is None:
+            return OfflineState.OFFLINED_AND_VALID
+        return OfflineState.OFFLINED_BUT_NOT_VALID
+
+    def product_statuses(
+        self, products: Sequence[MediaProduct] | None = None, *, with_downloads: bool = False
+    ) -> list[ProductStatus]:
+        """The state of ``products`` (else of every known product), in a few queries.
+
+        What `state` prints: scripts call it in loops, so it reads in bulk and touches
+        neither the network nor the credential vault.
+        """
+        store = self.store
+        keys = [p.key for p in products] if products is not None else store.known_product_keys()
+        if products is None or len(keys) > 20:
+            offlined = store.offlined_by_key()
+            latest = store.latest_download_by_key() if with_downloads else {}
+        else:
+            offlined = {k: e for k in keys if (e := store.get_offlined(k)) is not None}
+            latest = (
+                {k: d for k in keys if (d := store.latest_download(k)) is not None}
+                if with_downloads
+                else {}
+            )
+        return [ProductStatus(k, self._state_of(offlined.get(k)), latest.get(k)) for k in keys]
 
     def _quick_valid(self, entry: OfflinedEntry) -> str | None:
         """None when valid by the cheap check (size and mtime), else the reason."""
@@ -436,19 +480,19 @@ class OfflineEngine:
         self.listener.offlining_started(product)
         self._record("download_started", product_key=product.key)
         try:
-            with self._client() as client:
-                product = self._resolve(product, client)
-                entry = self._prepare_entry(product)
-                self._event("state_changed", product=product.key, to="IN_PROGRESS")
-                run = _ProductRun(self, product, entry, client)
-                run.run()
-                self._record(
-                    "download_succeeded",
-                    product_key=product.key,
-                    duration_s=self._monotonic() - started,
-                    bytes=run.bytes_fetched,
-                    attempts=run.retries,
-                )
+            client = self._client()
+            product = self._resolve(product, client)
+            entry = self._prepare_entry(product)
+            self._event("state_changed", product=product.key, to="IN_PROGRESS")
+            run = _ProductRun(self, product, entry, client)
+            run.run()
+            self._record(
+                "download_succeeded",
+                product_key=product.key,
+                duration_s=self._monotonic() - started,
+                bytes=run.bytes_fetched,
+                attempts=run.retries,
+            )
         except OfflineError as exc:
             self._fail(product, entry, exc)
             raise

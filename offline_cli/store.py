@@ -360,6 +360,17 @@ class Store:
             row = _OfflinedRow.get_or_none(_OfflinedRow.product_key == product_key)
         return _offlined_from_row(row) if row else None
 
+    def offlined_by_key(self) -> dict[str, OfflinedEntry]:
+        return {e.product_key: e for e in self.list_offlined()}
+
+    def latest_download_by_key(self) -> dict[str, DownloadEntry]:
+        """Each product's latest download entry, in one query."""
+        with self._errors():
+            rows = list(
+                _DownloadRow.select().order_by(_DownloadRow.created_at, peewee.SQL("rowid"))
+            )
+        return {row.product_key: _download_from_row(row) for row in rows}
+
     def list_offlined(self) -> list[OfflinedEntry]:
         with self._errors():
             rows = list(_OfflinedRow.select().order_by(_OfflinedRow.completed_at))
