@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from offline_cli.models import REDACTED, redact_url
+from offline_cli.redaction import REDACTED, redact_url
 
 
 class CredentialVault:

@@ -42,9 +42,9 @@ from offline_cli.models import (
     OfflinedEntry,
     OfflineState,
     ProductType,
-    redact_url,
 )
 from offline_cli.paths import Layout, default_home, safe_remove, safe_remove_tree
+from offline_cli.redaction import redact_url, scrub_urls
 from offline_cli.store import Store
 
 if TYPE_CHECKING:
@@ -231,7 +231,7 @@ class OfflineEngine:
         return self._network_monitor
 
     def _event(self, event: str, **fields: Any) -> None:
-        safe = {k: redact_url(v) if isinstance(v, str) else v for k, v in fields.items()}
+        safe = {k: scrub_urls(v) if isinstance(v, str) else v for k, v in fields.items()}
         log.info(event, extra={"event": event, "fields": safe})
 
     def _record(self, event: str, **fields: Any) -> None:

@@ -23,6 +23,8 @@ httpx exceptions never cross the transport edge: ``transfer.py`` wraps them (``r
 
 from __future__ import annotations
 
+from offline_cli.redaction import scrub_urls
+
 
 class OfflineError(Exception):
     """Base of every expected failure. ``str()`` is the one-line message for the user."""
@@ -37,11 +39,13 @@ class OfflineError(Exception):
         url: str | None = None,
         hint: str | None = None,
     ) -> None:
+        # Messages end up on terminals, in logs and in the database: never with credentials.
+        message = scrub_urls(message)
         super().__init__(message)
         self.message = message
-        self.product = product
+        self.product = scrub_urls(product) if product else product
         self.url = url
-        self.hint = hint
+        self.hint = scrub_urls(hint) if hint else hint
 
     def __str__(self) -> str:
         if self.product and not self.message.startswith(self.product):

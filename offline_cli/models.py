@@ -6,9 +6,10 @@ import enum
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from offline_cli.errors import UsageError
+from offline_cli.redaction import redact_url
 
 
 class ProductType(enum.Enum):
@@ -159,38 +160,6 @@ def check_url(text: str) -> str:
         raise UsageError(f"malformed URL {text!r}")
     del port
     return text
-
-
-# Query parameters whose values are credentials in signed or tokenised URLs.
-_SECRET_PARAM_RE = re.compile(
-    r"token|key|sig|signature|secret|password|passwd|auth|credential|policy|session|jwt|hdnts",
-    re.IGNORECASE,
-)
-REDACTED = "REDACTED"
-
-
-def redact_url(url: str) -> str:
-    """The URL with its user info and credential-like query values replaced by REDACTED.
-
-    Logs, the database and product names only ever see this form.
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(_SECRET_PARAM_RE.search(name) for name, _ in pairs):
-            query = urlencode(
-                [(n, REDACTED if _SECRET_PARAM_RE.search(n) else v) for n, v in pairs]
-            )
-    if netloc == parts.netloc and query == parts.query:
-        return url
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def check_sha256(text: str) -> str:

@@ -27,7 +27,7 @@ from offline_cli.errors import (
     ServerError,
     UnknownDownloadError,
 )
-from offline_cli.models import redact_url
+from offline_cli.redaction import redact_url
 
 CHUNK_SIZE = 64 * 1024
 HASH_READ_SIZE = 1024 * 1024

@@ -10,7 +10,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug.wrappers import Request, Response
 
-from offline_cli.models import redact_url
+from offline_cli.redaction import redact_url, scrub_urls
 from tests.netsim import Fault, NetSim, Resource
 
 SECRET = "s3cr3t-T0KEN-value"
@@ -87,3 +87,30 @@ def test_delete_forgets_credentials(cli, home: Path, httpserver: HTTPServer) -> 
     assert cli("offline", url).exit_code == 0
     assert cli("delete", url).exit_code == 0
     assert SECRET not in (home / "credentials.json").read_text()
+
+
+def test_scrub_urls_in_messages() -> None:
+    text = f"bad url 'ftp://alice:{SECRET}@cdn.example.com/x?token={SECRET}' and http://ok/x"
+    scrubbed = scrub_urls(text)
+    assert SECRET not in scrubbed
+    assert "REDACTED@cdn.example.com" in scrubbed and "http://ok/x" in scrubbed
+
+
+def test_credentials_from_a_playback_source_never_stored(cli, home: Path, tmp_path: Path) -> None:
+    sim = NetSim().start()
+    try:
+        info = (
+            '{"productType": "TRACK", "productId": "42", "manifestMimeType": "audio/flac",'
+            f' "url": "ftp://alice:{SECRET}@cdn.example.com/42.flac?token={SECRET}"}}'
+        )
+        sim.add("/tracks/42", Resource(info.encode()))
+        log = tmp_path / "log.jsonl"
+        result = cli(
+            "--log-file", str(log), "offline", "track:42", "--source", sim.url("/{type}s/{id}")
+        )
+        assert result.exit_code == 1
+        assert SECRET not in result.output
+        assert SECRET.encode() not in _all_store_bytes(home)
+        assert SECRET not in log.read_text()
+    finally:
+        sim.stop()
