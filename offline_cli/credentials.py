@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from filelock import FileLock
+
 from offline_cli.redaction import REDACTED, redact_url
 
 
@@ -20,6 +22,9 @@ class CredentialVault:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._cache: dict[str, str] | None = None
+        # Several processes seal and forget at once: each read-modify-write holds this lock,
+        # so no process drops another's entry.
+        self._lock = FileLock(f"{path}.lock", is_singleton=False)
 
     def _load(self, fresh: bool = False) -> dict[str, str]:
         """The mapping, read once per vault (``fresh`` re-reads: another process may add)."""
@@ -52,11 +57,12 @@ class CredentialVault:
         if url is None:
             return None
         redacted = redact_url(url)
-        if redacted != url:
-            data = dict(self._load(fresh=True))
-            if data.get(redacted) != url:
-                data[redacted] = url
-                self._save(data)
+        if redacted != url and self._load().get(redacted) != url:
+            with self._lock:
+                data = dict(self._load(fresh=True))
+                if data.get(redacted) != url:
+                    data[redacted] = url
+                    self._save(data)
         return redacted
 
     def reveal(self, url: str | None) -> str | None:
@@ -69,9 +75,12 @@ class CredentialVault:
         return known.get(url, url)
 
     def forget(self, urls: list[str | None]) -> None:
-        data = dict(self._load(fresh=True))
-        if any(u in data for u in urls if u):
-            for u in urls:
-                if u:
-                    data.pop(u, None)
-            self._save(data)
+        if not self.path.exists():
+            return
+        with self._lock:
+            data = dict(self._load(fresh=True))
+            if any(u in data for u in urls if u):
+                for u in urls:
+                    if u:
+                        data.pop(u, None)
+                self._save(data)

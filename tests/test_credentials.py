@@ -114,3 +114,21 @@ def test_credentials_from_a_playback_source_never_stored(cli, home: Path, tmp_pa
         assert SECRET not in log.read_text()
     finally:
         sim.stop()
+
+
+def test_concurrent_seals_keep_every_entry(home: Path) -> None:
+    """Processes sealing at once never drop each other's entries (the vault is locked)."""
+    import subprocess
+    import sys
+
+    home.mkdir(parents=True)
+    vault = home / "credentials.json"
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from offline_cli.credentials import CredentialVault\n"
+        "v = CredentialVault(Path(sys.argv[1]))\n"
+        "for i in range(25): v.seal(f'http://h/{sys.argv[2]}/{i}?token=t{i}')\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(vault), str(n)]) for n in range(6)]
+    assert [p.wait(60) for p in procs] == [0] * 6
+    assert len(json.loads(vault.read_text())) == 6 * 25
