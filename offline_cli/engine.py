@@ -963,11 +963,16 @@ class _ProductRun(OfflineEngineListener):
             ):
                 return None
             monitor = engine._monitor()
+            failed_url = error.url or url  # after a redirect: the host that stopped answering
+            if monitor.is_reachable(failed_url):
+                # It accepts connections (a TLS failure, or it is back already): not an
+                # outage, so ordinary backoff and attempt counting apply.
+                return None
             monitor.add_observer(self)
             try:
                 # A delete from another process must not wait for the network to come back.
                 return monitor.wait_until_reachable(
-                    url, engine.settings.network_timeout, check_stop=check_cancel
+                    failed_url, engine.settings.network_timeout, check_stop=check_cancel
                 )
             finally:
                 monitor.remove_observer(self)

@@ -5,6 +5,7 @@ This is the transport edge: httpx errors are wrapped into the offline-cli error 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -404,7 +405,12 @@ def raise_for_status(response: httpx.Response, url: str, product: str | None) ->
 def wrap_http_error(
     exc: httpx.HTTPError, url: str, product: str | None, stall_timeout_s: float
 ) -> DownloadError:
-    """Translate an httpx error into our tree; the caller raises it ``from exc``."""
+    """Translate an httpx error into our tree; the caller raises it ``from exc``.
+
+    The error names the URL that failed, which after a redirect is not the one asked for.
+    """
+    with contextlib.suppress(RuntimeError):  # an error raised before any request was built
+        url = str(exc.request.url)
     host = host_of(url)
     unreachable = {"product": product, "url": url, "host_unreachable": True}
     if isinstance(exc, httpx.ConnectTimeout):

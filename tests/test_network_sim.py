@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from pytest_httpserver import HTTPServer
 
 from offline_cli import MediaProduct, ProductType
 from offline_cli.engine import OfflineEngine
@@ -513,8 +514,10 @@ def test_outage_longer_than_the_retry_budget_pauses_and_continues(
     assert listener.names() == ["started", "retrying", "paused", "unpaused", "completed"]
     paused_reason = next(detail for name, _, detail in listener.events if name == "paused")
     assert "waiting for network" in paused_reason
-    assert set(seen_states) == {DownloadState.PAUSED}
-    assert clock.now - 1_800_000_000.0 >= down_for  # longer than the whole retry budget
+    # the first probe decides it is an outage (the host refuses connections); then PAUSED
+    assert seen_states[0] is DownloadState.IN_PROGRESS
+    assert set(seen_states[1:]) == {DownloadState.PAUSED}
+    assert clock.now - 1_800_000_000.0 >= down_for - 1  # longer than the whole retry budget
     entry = engine.store.latest_download(KEY)
     assert entry is not None
     assert entry.state is DownloadState.COMPLETED
@@ -717,3 +720,20 @@ def test_retry_carries_range_and_if_range_with_the_etag(sim: NetSim, make_engine
     assert header(first, "Range") is None and header(first, "If-Range") is None
     assert header(second, "Range") == "bytes=70000-"
     assert header(second, "If-Range") == resource.etag == '"abc123"'
+
+
+def test_outage_of_a_redirect_target_is_bounded(
+    sim: NetSim, make_engine, httpserver: HTTPServer
+) -> None:
+    """The front host still answers (302) while the CDN it redirects to is down: the pause
+    probes the CDN, so it ends at the network timeout instead of looping on the front host."""
+    sim.add("/f", Resource(BODY, faults=[Fault("cut", at=100_000)]))
+    httpserver.expect_request("/front").respond_with_data(
+        "", status=302, headers={"Location": sim.url("/f")}
+    )
+    listener = StopServerOnRetry(sim)
+    engine = make_engine(listener, retries=2, network_timeout=30)
+    with pytest.raises(NetworkUnavailable):
+        engine.offline(product(httpserver.url_for("/front")))
+    assert len(httpserver.log) <= 3  # one per try, never a loop
+    assert listener.names().count("paused") == 1
