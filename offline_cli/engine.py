@@ -10,6 +10,7 @@ import logging
 import os
 import random
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
     from offline_cli.maintenance import CleanupReport, DownloadHealthReport, ValidationResult
     from offline_cli.network import NetworkMonitor
     from offline_cli.retry import RetryPolicy
-    from offline_cli.transfer import Checkpoint, TransferResult
+    from offline_cli.transfer import Checkpoint, Transfer, TransferResult
 
 log = logging.getLogger("offline_cli")
 
@@ -98,7 +99,8 @@ _COORDINATION_NEXT = {
         CoordinationState.BOTH_COMPLETED,
         CoordinationState.FAILED,
     },
-    CoordinationState.BOTH_COMPLETED: set(),
+    # the commit itself can still fail (disk, interrupt)
+    CoordinationState.BOTH_COMPLETED: {CoordinationState.FAILED},
     CoordinationState.FAILED: set(),
 }
 
@@ -113,6 +115,11 @@ class CoordinatedDownload:
             if has_license
             else CoordinationState.WAITING_FOR_MEDIA
         )
+
+    def fail(self) -> None:
+        """Either part failed for good: the product stays NOT_OFFLINED."""
+        if self.state is not CoordinationState.FAILED:
+            self.advance(CoordinationState.FAILED)
 
     def advance(self, new_state: CoordinationState) -> None:
         if new_state not in _COORDINATION_NEXT[self.state]:
@@ -631,10 +638,12 @@ class OfflineEngine:
             try:
                 lock.acquire(timeout=CANCEL_WAIT_S, poll_interval=LOCK_POLL_S)
             except Timeout:
-                raise BusyError(
+                # Exit 1, not 3: 3 means --no-wait. The cancel request stays, so the download
+                # still stops when it can.
+                raise DownloadError(
                     f"the running download did not stop within {CANCEL_WAIT_S:g}s",
                     product=key,
-                    hint="try again in a moment",
+                    hint="it has been asked to cancel; run delete again in a moment",
                 ) from None
         try:
             offlined = store.get_offlined(key)
@@ -828,6 +837,7 @@ class _ProductRun(OfflineEngineListener):
         self._last_notify = 0.0
         self._last_fraction = -1.0
         self._cancel_seen = False
+        self._current: Transfer | None = None
 
     # -- progress and cancellation --------------------------------------------------------------
 
@@ -909,6 +919,14 @@ class _ProductRun(OfflineEngineListener):
         from offline_cli.transfer import Checkpoint, Transfer
 
         engine = self.engine
+
+        def attempt() -> TransferResult:
+            try:
+                return transfer.attempt()
+            except DownloadError:
+                self._check_stop()  # a read the cancel watch cut short is a cancellation
+                raise
+
         transfer = Transfer(
             self.client,
             url,
@@ -979,8 +997,9 @@ class _ProductRun(OfflineEngineListener):
                 self._check_stop()
 
         try:
+            self._current = transfer
             result = execute(
-                transfer.attempt,
+                attempt,
                 engine._policy(),
                 RetryHooks(
                     sleep=self._interruptible_sleep,
@@ -992,10 +1011,41 @@ class _ProductRun(OfflineEngineListener):
                 ),
             )
         finally:
+            self._current = None
             self.bytes_fetched += transfer.stats.bytes_fetched
         return result
 
+    def _watch_for_cancel(self, stop: threading.Event) -> None:
+        """Thread: notice a delete from another process even when no byte arrives (a stall,
+        a slow server, progress persistence switched off) and cut the transfer short."""
+        downloads = self.engine.store.downloads
+        try:
+            while not stop.wait(PROGRESS_PERSIST_INTERVAL_S):
+                if downloads.is_cancel_requested(self.entry.id):
+                    self._cancel_seen = True
+                    current = self._current
+                    if current is not None:
+                        current.abort()
+                    return
+        except OfflineError:  # pragma: no cover - the store failing: the main thread will see
+            return
+        finally:
+            self.engine.store.close()  # this thread's own connection
+
     def run(self) -> None:
+        stop = threading.Event()
+        watch = threading.Thread(target=self._watch_for_cancel, args=(stop,), daemon=True)
+        watch.start()
+        try:
+            self._run()
+        except BaseException:
+            self.coordination.fail()
+            raise
+        finally:
+            stop.set()
+            watch.join()
+
+    def _run(self) -> None:
         layout = self.engine.layout
         self._restore_from_interrupted_commit()
         license_result = None

@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +163,7 @@ class Transfer:
         self.stall_timeout_s = stall_timeout_s
         self.stats = TransferStats()
         self.host_answered = False
+        self._response: httpx.Response | None = None
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -244,31 +246,51 @@ class Transfer:
             headers["If-Range"] = if_range
         self.stats.requests += 1
         with self.client.stream("GET", self.url, headers=headers) as response:
-            self.host_answered = True
-            self.stats.statuses.append(response.status_code)
-            status = response.status_code
-            if status == 416 and offset:
-                return self._handle_unsatisfiable(response, offset)
-            raise_for_status(response, self.url, self.product)
-            if status == 206 and offset:
-                start = self._check_partial_response(response, offset)
-                if start is None:
-                    # The server cannot resume this file truthfully: start over cleanly.
-                    self.stats.restarts += 1
-                    response.close()
-                    self.reset()
-                    return self._request(0)
-                return self._write_body(response, offset, append=True)
-            if status != 200 and status != 206:
-                raise self._error(
-                    UnknownDownloadError,
-                    f"unexpected HTTP {status} {response.reason_phrase} from {host_of(self.url)}",
-                )
-            if offset:
-                # A 200 where 206 was asked: the file changed (If-Range) or the server
-                # ignores ranges. The body is the whole new file, so restart with it.
+            self._response = response
+            try:
+                return self._handle(response, offset)
+            finally:
+                self._response = None
+
+    def abort(self) -> None:
+        """Make a read blocked in another thread fail now (used to cancel a download).
+
+        Shutting the socket down wakes a blocked ``recv``; closing it would not.
+        """
+        response = self._response
+        stream = response.extensions.get("network_stream") if response is not None else None
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _handle(self, response: httpx.Response, offset: int) -> TransferResult:
+        """Act on a response's status: resume, start over, or write the body."""
+        self.host_answered = True
+        self.stats.statuses.append(response.status_code)
+        status = response.status_code
+        if status == 416 and offset:
+            return self._handle_unsatisfiable(response, offset)
+        raise_for_status(response, self.url, self.product)
+        if status == 206 and offset:
+            start = self._check_partial_response(response, offset)
+            if start is None:
+                # The server cannot resume this file truthfully: start over cleanly.
                 self.stats.restarts += 1
-            return self._write_body(response, 0, append=False)
+                response.close()
+                self.reset()
+                return self._request(0)
+            return self._write_body(response, offset, append=True)
+        if status != 200 and status != 206:
+            raise self._error(
+                UnknownDownloadError,
+                f"unexpected HTTP {status} {response.reason_phrase} from {host_of(self.url)}",
+            )
+        if offset:
+            # A 200 where 206 was asked: the file changed (If-Range) or the server
+            # ignores ranges. The body is the whole new file, so restart with it.
+            self.stats.restarts += 1
+        return self._write_body(response, 0, append=False)
 
     def _check_partial_response(self, response: httpx.Response, offset: int) -> int | None:
         """The start of a 206 body when it continues our bytes, else None."""

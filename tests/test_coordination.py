@@ -19,7 +19,12 @@ def test_machine_goes_license_then_media_then_done() -> None:
     machine.advance(CoordinationState.WAITING_FOR_MEDIA)
     machine.advance(CoordinationState.BOTH_COMPLETED)
     with pytest.raises(RuntimeError):
-        machine.advance(CoordinationState.FAILED)
+        machine.advance(CoordinationState.WAITING_FOR_MEDIA)
+    machine.fail()  # the commit can still fail
+    assert machine.state is CoordinationState.FAILED
+    machine.fail()  # idempotent
+    with pytest.raises(RuntimeError):
+        machine.advance(CoordinationState.BOTH_COMPLETED)
 
 
 def test_machine_without_license_waits_for_media_only() -> None:

@@ -23,7 +23,7 @@ import pytest
 from offline_cli import MediaProduct, OfflineEngine, ProductType
 from offline_cli.engine import _ProductRun
 from offline_cli.store import Store
-from tests.netsim import NetSim, Resource, wait_for
+from tests.netsim import Fault, NetSim, Resource, wait_for
 from tests.procutil import (
     Procs,
     download_state,
@@ -291,6 +291,30 @@ def test_delete_from_another_process_cancels_the_download(
     assert integrity(home) == "ok"
     assert sim.wait_idle()
     assert sim.bytes_sent("/media") < len(body)
+
+
+@pytest.mark.parametrize("enhanced", ["true", "false"])
+def test_delete_cancels_a_stalled_download_at_once(
+    sim: NetSim, procs: Procs, home: Path, enhanced: str
+) -> None:
+    """No byte arrives (a stall), or progress is not persisted (flag off): the cancel watch
+    still notices the delete and cuts the read short, well before the stall timeout."""
+    body = os.urandom(MB)
+    sim.add("/media", Resource(body, faults=[Fault("stall", at=300_000, stall_s=60)]))
+    procs.extra_env["OFFLINE_CLI_ENHANCED_DOWNLOAD_MANAGEMENT"] = enhanced
+    url = sim.url("/media")
+    # below the stall point: the last few KiB may still sit in the writer's buffer
+    downloader = _start_mid_flight(procs, home, sim, "--stall-timeout", "50s", at_least=200_000)
+
+    started = time.monotonic()
+    deleted = procs.run("delete", url, timeout=30)
+    assert deleted.returncode == 0, deleted.stderr
+    assert downloader.wait(10) == 1
+    stopped_after = time.monotonic() - started
+    assert stopped_after < 5, f"the download took {stopped_after:.1f}s to stop"
+    assert "cancel" in downloader.stderr().lower()
+    assert partial_files(home) == []
+    assert store_files(home) == set()
 
 
 def test_cleanup_leaves_a_live_download_alone(sim: NetSim, procs: Procs, home: Path) -> None:
