@@ -808,7 +808,8 @@ def show_config(json_out: Json = False) -> None:
     """Show the effective settings and where each came from."""
     try:
         home = _globals.home or default_home()
-        settings: Settings = load_settings(home)
+        overrides = {"log_file": _globals.log_file, "db_timeout": _globals.db_timeout}
+        settings: Settings = load_settings(home, overrides)
     except OfflineError as exc:
         _fail(exc)
     items = settings.public_items()

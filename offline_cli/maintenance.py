@@ -168,6 +168,13 @@ def sha256_of(path: Path) -> str:
     return hasher.hexdigest()
 
 
+def _mtime_ns(path: str) -> int | None:
+    try:
+        return os.stat(path, follow_symlinks=False).st_mtime_ns
+    except OSError:
+        return None
+
+
 def full_check(entry: OfflinedEntry, now: float) -> str | None:
     """None when the product is valid in full (files, sizes, SHA-256, license), else why."""
     checks: list[tuple[str, str | None, int | None, str | None]] = [
@@ -215,10 +222,17 @@ class Validator:
                     entries.append(found)
         results = [ValidationResult(key, False, "not offlined") for key in missing]
         for index, entry in enumerate(entries, 1):
+            mtime_before = _mtime_ns(entry.media_path)
             reason = full_check(entry, engine._clock())
-            # Recorded so `state` answers OFFLINED_BUT_NOT_VALID without hashing again.
-            if reason != entry.invalid_reason:
-                store.set_invalid_reason(entry.product_key, reason)
+            # Recorded so `state` answers OFFLINED_BUT_NOT_VALID without hashing again, and
+            # VALID again once the bytes are proven right (even if the mtime moved).
+            fresh_mtime = mtime_before if reason is None else None
+            if fresh_mtime is not None and fresh_mtime != _mtime_ns(entry.media_path):
+                fresh_mtime = None  # changed while hashing: prove nothing about the new bytes
+            if reason != entry.invalid_reason or (
+                fresh_mtime is not None and fresh_mtime != entry.mtime_ns
+            ):
+                store.set_invalid_reason(entry.product_key, reason, mtime_ns=fresh_mtime)
             result = ValidationResult(entry.product_key, reason is None, reason)
             if reason is not None and repair:
                 result = self._repair(entry, reason)

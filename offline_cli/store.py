@@ -383,11 +383,16 @@ class Store:
             )
         return deleted > 0
 
-    def set_invalid_reason(self, product_key: str, reason: str | None) -> None:
+    def set_invalid_reason(
+        self, product_key: str, reason: str | None, *, mtime_ns: int | None = None
+    ) -> None:
+        """Record a full check's verdict; a pass also records the file's current mtime, so
+        `state`'s cheap check agrees with it after a touch or a copy."""
+        values: dict[str, Any] = {"invalid_reason": reason}
+        if mtime_ns is not None:
+            values["mtime_ns"] = mtime_ns
         with self.transaction():
-            _OfflinedRow.update(invalid_reason=reason).where(
-                _OfflinedRow.product_key == product_key
-            ).execute()
+            _OfflinedRow.update(**values).where(_OfflinedRow.product_key == product_key).execute()
 
     def commit_product(self, download_id: str, entry: OfflinedEntry) -> OfflinedEntry | None:
         """Record a completed product and finish its download in one transaction.

@@ -379,3 +379,24 @@ def test_unwritable_log_file_is_usage_error(cli, home, tmp_path) -> None:
     result = cli("--log-file", str(target), "offline", "http://127.0.0.1:9/x")
     assert result.exit_code == 2
     assert "cannot write log file" in result.stderr
+
+
+def test_validate_pass_after_a_touch_makes_state_agree(make_engine, sim) -> None:
+    sim.add("/t", Resource(BODY))
+    engine = make_engine()
+    product = MediaProduct(ProductType.TRACK, "8", url=sim.url("/t"))
+    engine.offline(product)
+    stored = engine.store.get_offlined(product.key)
+    assert stored is not None
+    os.utime(stored.media_path, ns=(1, 1))  # a touch, a copy without -p: same bytes
+    assert engine.get_offline_state(product) is OfflineState.OFFLINED_BUT_NOT_VALID
+    [result] = engine.validate_downloads()
+    assert result.valid
+    assert engine.get_offline_state(product) is OfflineState.OFFLINED_AND_VALID
+
+
+def test_config_shows_global_options(cli, home, tmp_path) -> None:
+    log = tmp_path / "x.jsonl"
+    data = json.loads(cli("--log-file", str(log), "--db-timeout", "5s", "config", "--json").stdout)
+    assert data["settings"]["log_file"] == {"value": str(log), "origin": "command line"}
+    assert data["settings"]["db_timeout"]["value"] == 5.0
