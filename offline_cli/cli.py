@@ -321,15 +321,24 @@ class _Globals:
 _globals = _Globals()
 
 
-def _engine(listener: OfflineEngineListener | None = None, **overrides: Any) -> OfflineEngine:
-    home = _globals.home or default_home()
+def _settings(**overrides: Any) -> Settings:
+    """The effective settings: config file, environment, global and command options."""
     overrides.setdefault("log_file", _globals.log_file)
     overrides.setdefault("db_timeout", _globals.db_timeout)
-    settings = load_settings(home, overrides)
-    _setup_logging(_output.verbose, settings.log_file)
-    engine = OfflineEngine(home, listener, settings=settings)
+    return load_settings(_globals.home or default_home(), overrides)
+
+
+def _engine(
+    listener: OfflineEngineListener | None = None,
+    settings: Settings | None = None,
+    **overrides: Any,
+) -> OfflineEngine:
+    settings = settings or _settings(**overrides)
+    engine = OfflineEngine(_globals.home or default_home(), listener, settings=settings)
     _open_engines.append(engine)
     engine.store  # noqa: B018 - open now, so an unusable store fails before any work
+    # After the store: a log file inside a new home folder can be created now.
+    _setup_logging(_output.verbose, settings.log_file)
     return engine
 
 
@@ -488,8 +497,11 @@ def offline(
             raise UsageError("no product given", hint="offline URL... or offline -i FILE")
         parsed = _parse_offline_products(names, product_id, license_url, sha256)
         overrides = _transfer_overrides(retries, stall_timeout, network_timeout)
+        settings = _settings(source=source, **overrides)
+        # Checked before the store is opened: bad input changes nothing.
+        OfflineEngine.check_resolvable_with(settings, parsed)
         with _reporting() as reporter:
-            engine = _engine(reporter, source=source, **overrides)
+            engine = _engine(reporter, settings)
             failures = _offline_all(engine, parsed, wait=not no_wait)
     except OfflineError as exc:
         _fail(exc)

@@ -356,6 +356,7 @@ class OfflineEngine:
         return self.offline_product(product) is Outcome.DOWNLOADED
 
     def offline_product(self, product: MediaProduct, *, wait: bool = True) -> Outcome:
+        self.check_resolvable([product])  # bad input changes nothing: check before any work
         self.maybe_run_maintenance()
         lock = self._lock(product.key)
         waited = False
@@ -383,15 +384,42 @@ class OfflineEngine:
                 if outcome is not None:
                     return outcome
             if self.get_offline_state(product) is OfflineState.OFFLINED_AND_VALID:
+                self._check_expected_sha256(product)
                 return Outcome.ALREADY_OFFLINE
             self._download(product)
             return Outcome.DOWNLOADED
         finally:
             lock.release()
 
+    def check_resolvable(self, products: Sequence[MediaProduct]) -> None:
+        """UsageError when a product has no URL and there is no playback-info source."""
+        self.check_resolvable_with(self.settings, products)
+
+    @staticmethod
+    def check_resolvable_with(settings: Settings, products: Sequence[MediaProduct]) -> None:
+        for product in products:
+            if product.url is None and settings.source is None:
+                raise UsageError(
+                    f"no URL and no playback-info source for {product.key}",
+                    product=product.key,
+                    hint="give a URL, --source TEMPLATE, $OFFLINE_CLI_SOURCE or `source` in config",
+                )
+
+    def _check_expected_sha256(self, product: MediaProduct) -> None:
+        """An already stored product must still match a --sha256 the user gave now."""
+        stored = self.store.get_offlined(product.key)
+        if product.sha256 and stored is not None and stored.sha256 != product.sha256.lower():
+            raise ChecksumMismatch(
+                f"checksum mismatch: stored copy has SHA-256 {stored.sha256}, "
+                f"expected {product.sha256}",
+                product=product.key,
+                hint="delete it (or validate --repair) to fetch it again",
+            )
+
     def _outcome_of_other(self, product: MediaProduct) -> Outcome | None:
         """After waiting: report what the other process achieved, or None to carry on."""
         if self.get_offline_state(product) is OfflineState.OFFLINED_AND_VALID:
+            self._check_expected_sha256(product)
             self.listener.offlining_started(product)
             self.listener.offlining_completed(product)
             return Outcome.DOWNLOADED_BY_OTHER
@@ -420,13 +448,9 @@ class OfflineEngine:
         """Fill in URLs from the playback-info source when the product has none."""
         if product.url is not None:
             return product
+        self.check_resolvable([product])
         template = self.settings.source
-        if template is None:
-            raise UsageError(
-                f"no URL and no playback-info source for {product.key}",
-                product=product.key,
-                hint="give a URL, --source TEMPLATE, $OFFLINE_CLI_SOURCE or `source` in config",
-            )
+        assert template is not None
         from offline_cli.playback import fetch_playback_info
         from offline_cli.retry import RetryHooks, execute
 

@@ -574,3 +574,24 @@ def test_offline_does_not_write_through_a_planted_product_folder_link(
     assert media.read_bytes() == BODY
     assert home.resolve() in media.resolve().parents
     assert cli("state", "track:1").stdout == "OFFLINED_AND_VALID\n"
+
+
+def test_product_without_url_or_source_changes_nothing(cli, home: Path) -> None:
+    result = cli("offline", "track:42")
+    assert result.exit_code == 2
+    _one_line_error(result, "no URL and no playback-info source", "--source")
+    assert not home.exists()  # not even an empty store
+
+
+def test_sha256_given_for_an_already_stored_product_is_checked(
+    cli, home: Path, httpserver: HTTPServer
+) -> None:
+    httpserver.expect_request("/m").respond_with_data(BODY)
+    url = httpserver.url_for("/m")
+    assert cli("offline", url, "--id", "track:1").exit_code == 0
+    requests = len(httpserver.log)
+    wrong = cli("offline", url, "--id", "track:1", "--sha256", "0" * 64)
+    assert wrong.exit_code == 1
+    _one_line_error(wrong, "checksum mismatch")
+    assert len(httpserver.log) == requests
+    assert cli("state", "track:1").stdout.strip() == "OFFLINED_AND_VALID"
