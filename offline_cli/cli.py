@@ -723,6 +723,10 @@ def validate(
     repair: Annotated[
         bool, typer.Option("--repair", help="Download invalid products again.")
     ] = False,
+    source: Annotated[
+        str | None,
+        typer.Option("--source", help="Playback-info URL template, to renew expired licenses."),
+    ] = None,
     json_out: Json = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -732,7 +736,7 @@ def validate(
     try:
         wanted = [_product_from_name(n) for n in products] if products else None
         with _reporting() as reporter:
-            engine = _engine(reporter)
+            engine = _engine(reporter, source=source)
             results = engine.validate_downloads(
                 wanted, repair=repair, on_progress=reporter.validation_progress
             )

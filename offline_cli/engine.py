@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,7 @@ from offline_cli.errors import (
 )
 from offline_cli.listener import OfflineEngineListener
 from offline_cli.models import (
+    LICENSE_EXPIRED,
     DownloadEntry,
     DownloadState,
     ErrorKind,
@@ -309,7 +310,7 @@ class OfflineEngine:
             if license_info.st_size != entry.license_size:
                 return "license file changed"
         if entry.license_expires_at is not None and entry.license_expires_at <= self._clock():
-            return "license expired"
+            return LICENSE_EXPIRED
         return None
 
     def latest_download(self, product: MediaProduct) -> DownloadEntry | None:
@@ -512,8 +513,9 @@ class OfflineEngine:
         self._record("download_started", product_key=product.key)
         try:
             client = self._client()
+            from_source = product.url is None
             product = self._resolve(product, client)
-            entry = self._prepare_entry(product)
+            entry = self._prepare_entry(product, from_source=from_source)
             self._event("state_changed", product=product.key, to="IN_PROGRESS")
             run = _ProductRun(self, product, entry, client)
             run.run()
@@ -534,7 +536,7 @@ class OfflineEngine:
         self._event("state_changed", product=product.key, to="COMPLETED")
         self.listener.offlining_completed(product)
 
-    def _prepare_entry(self, product: MediaProduct) -> DownloadEntry:
+    def _prepare_entry(self, product: MediaProduct, *, from_source: bool) -> DownloadEntry:
         downloads = self.store.downloads
         entry = self._find_resumable(product) if self.settings.download_recovery else None
         if entry is not None:
@@ -570,6 +572,11 @@ class OfflineEngine:
                 expected_sha256=product.sha256,
                 partial_media_path=self.layout.partial_media_path,
                 partial_license_path=self.layout.partial_license_path,
+                expected_size=product.size,
+                license_expires_at=(
+                    product.license_expires_at.timestamp() if product.license_expires_at else None
+                ),
+                from_source=from_source,
             )
             downloads.transition(entry.id, DownloadState.IN_PROGRESS, owner_pid=os.getpid())
         fresh = self.store.get_download(entry.id)
@@ -740,14 +747,24 @@ class OfflineEngine:
             latest = self.store.latest_download(entry.product_key)
             if latest is None or latest.id != entry.id:
                 continue
-            found[entry.product_key] = MediaProduct(
-                entry.product_type,
-                entry.product_id,
-                url=self.vault.reveal(entry.media_url),
-                license_url=self.vault.reveal(entry.license_url),
-                sha256=entry.expected_sha256,
-            )
+            found[entry.product_key] = self._product_to_resume(entry)
         return list(found.values())
+
+    def _product_to_resume(self, entry: DownloadEntry) -> MediaProduct:
+        if entry.from_source and self.settings.source:
+            # Ask the source again: signed URLs and license expiries may have changed. The
+            # same file (same redacted URL) is still resumed from its bytes on disk.
+            return MediaProduct(entry.product_type, entry.product_id, sha256=entry.expected_sha256)
+        expires = entry.license_expires_at
+        return MediaProduct(
+            entry.product_type,
+            entry.product_id,
+            url=self.vault.reveal(entry.media_url),
+            license_url=self.vault.reveal(entry.license_url),
+            sha256=entry.expected_sha256,
+            size=entry.expected_size,
+            license_expires_at=datetime.fromtimestamp(expires, UTC) if expires else None,
+        )
 
     def resume(
         self, products: Sequence[MediaProduct] | None = None, *, wait: bool = True

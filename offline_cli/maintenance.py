@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from offline_cli.errors import OfflineError
-from offline_cli.models import DownloadState, MediaProduct, OfflinedEntry
+from offline_cli.models import (
+    LICENSE_EXPIRED,
+    DownloadState,
+    MediaProduct,
+    OfflinedEntry,
+    looks_like_url,
+)
 from offline_cli.paths import safe_remove
 
 if TYPE_CHECKING:
@@ -192,7 +198,7 @@ def full_check(entry: OfflinedEntry, now: float) -> str | None:
         if digest is not None and sha256_of(path) != digest:
             return f"{name} SHA-256 differs from the one recorded at download"
     if entry.license_expires_at is not None and entry.license_expires_at <= now:
-        return "license expired"
+        return LICENSE_EXPIRED
     return None
 
 
@@ -245,20 +251,26 @@ class Validator:
         return results
 
     def _repair(self, entry: OfflinedEntry, reason: str) -> ValidationResult:
-        product = MediaProduct(
-            entry.product_type,
-            entry.product_id,
-            url=self.engine.vault.reveal(entry.source_url),
-            license_url=self.engine.vault.reveal(entry.license_url),
-            license_expires_at=(
-                datetime.fromtimestamp(entry.license_expires_at, UTC)
-                if entry.license_expires_at and reason != "license expired"
-                else None
-            ),
-        )
-        if reason == "license expired" and self.engine.settings.source:
-            # A new license may come with a new expiry: ask the source again.
+        if reason == LICENSE_EXPIRED:
+            # The same license again would be just as expired: only the source can renew it.
+            if self.engine.settings.source is None or looks_like_url(entry.product_id):
+                return ValidationResult(
+                    entry.product_key,
+                    False,
+                    reason,
+                    False,
+                    "no playback-info source to renew the license (give --source)",
+                )
             product = MediaProduct(entry.product_type, entry.product_id)
+        else:
+            expires = entry.license_expires_at
+            product = MediaProduct(
+                entry.product_type,
+                entry.product_id,
+                url=self.engine.vault.reveal(entry.source_url),
+                license_url=self.engine.vault.reveal(entry.license_url),
+                license_expires_at=datetime.fromtimestamp(expires, UTC) if expires else None,
+            )
         try:
             self.engine.offline_product(product)
         except OfflineError as exc:

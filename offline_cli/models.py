@@ -80,6 +80,9 @@ ALLOWED_TRANSITIONS: dict[DownloadState, frozenset[DownloadState]] = {
     DownloadState.CANCELLED: frozenset(),
 }
 
+# The reason a product with an expired license is not valid (state and validate agree).
+LICENSE_EXPIRED = "license expired"
+
 _PRODUCT_RE = re.compile(r"^(?P<type>[a-z]+):(?P<id>[A-Za-z0-9._~-]{1,200})$")
 _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 SUPPORTED_SCHEMES = ("http", "https")
@@ -211,6 +214,10 @@ class DownloadEntry:
     bytes_total: int | None = None
     cancel_requested: bool = False
     resume_info: dict[str, dict[str, str | int | None]] = field(default_factory=dict)
+    # What the playback-info source said, so a resumed download still knows it.
+    expected_size: int | None = None
+    license_expires_at: float | None = None
+    from_source: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.progress <= 1.0:

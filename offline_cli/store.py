@@ -63,6 +63,9 @@ class _DownloadRow(_Base):
     bytes_total = peewee.IntegerField(null=True)
     cancel_requested = peewee.BooleanField(default=False)
     resume_info = peewee.TextField(default="{}")
+    expected_size = peewee.IntegerField(null=True)
+    license_expires_at = peewee.FloatField(null=True)
+    from_source = peewee.BooleanField(default=False)
 
     class Meta:
         table_name = "download_entries"
@@ -178,6 +181,9 @@ def _download_from_row(row: _DownloadRow) -> DownloadEntry:
         bytes_total=row.bytes_total,
         cancel_requested=bool(row.cancel_requested),
         resume_info=json.loads(row.resume_info or "{}"),
+        expected_size=row.expected_size,
+        license_expires_at=row.license_expires_at,
+        from_source=bool(row.from_source),
     )
 
 
@@ -323,6 +329,11 @@ class Store:
                 "download_entries", "cancel_requested", _DownloadRow.cancel_requested
             ),
             migrator.add_column("download_entries", "resume_info", _DownloadRow.resume_info),
+            migrator.add_column("download_entries", "expected_size", _DownloadRow.expected_size),
+            migrator.add_column(
+                "download_entries", "license_expires_at", _DownloadRow.license_expires_at
+            ),
+            migrator.add_column("download_entries", "from_source", _DownloadRow.from_source),
             migrator.add_column("offlined_entries", "invalid_reason", _OfflinedRow.invalid_reason),
         )
         self._db.create_tables([_MetricRow, _SettingRow])
@@ -566,6 +577,9 @@ class DownloadStateManager:
         expected_sha256: str | None,
         partial_media_path: Callable[[str], Path],
         partial_license_path: Callable[[str], Path],
+        expected_size: int | None = None,
+        license_expires_at: float | None = None,
+        from_source: bool = False,
     ) -> DownloadEntry:
         download_id = uuid.uuid4().hex
         now = self._store.clock()
@@ -588,6 +602,9 @@ class DownloadStateManager:
                 media_url=media_url,
                 license_url=license_url,
                 expected_sha256=expected_sha256,
+                expected_size=expected_size,
+                license_expires_at=license_expires_at,
+                from_source=from_source,
             )
         entry = self._store.get_download(download_id)
         assert entry is not None

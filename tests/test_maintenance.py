@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -400,3 +402,60 @@ def test_config_shows_global_options(cli, home, tmp_path) -> None:
     data = json.loads(cli("--log-file", str(log), "--db-timeout", "5s", "config", "--json").stdout)
     assert data["settings"]["log_file"] == {"value": str(log), "origin": "command line"}
     assert data["settings"]["db_timeout"]["value"] == 5.0
+
+
+def _playback(sim: NetSim, expires_at: float) -> None:
+    from datetime import UTC, datetime
+
+    when = datetime.fromtimestamp(expires_at, UTC).isoformat().replace("+00:00", "Z")
+    info = {
+        "productType": "TRACK",
+        "productId": "42",
+        "manifestMimeType": "audio/flac",
+        "url": sim.url("/media/42"),
+        "licenseUrl": sim.url("/license/42"),
+        "licenseExpiresAt": when,
+    }
+    sim.add("/tracks/42", Resource(json.dumps(info).encode()))
+
+
+def test_resume_through_the_source_keeps_the_license_expiry(make_engine, sim, clock) -> None:
+    sim.add("/media/42", Resource(BODY, faults=[Fault("cut", at=50_000)]))
+    sim.add("/license/42", Resource(b"LICENSE"))
+    _playback(sim, clock.now + 3600)
+    engine = make_engine(retries=0, source=sim.url("/{type}s/{id}"))
+    product = MediaProduct(ProductType.TRACK, "42")
+    with pytest.raises(NetworkError):
+        engine.offline(product)
+
+    _playback(sim, clock.now + 7200)  # the source renews the expiry meanwhile
+    [result] = engine.resume()
+    assert result.error is None, result.error
+    stored = engine.store.get_offlined("track:42")
+    assert stored is not None and stored.license_expires_at == clock.now + 7200
+    assert sim.requests("/media/42")[-1].range == "bytes=50000-"  # resumed, not restarted
+    clock.now += 7300
+    assert engine.get_offline_state(product) is OfflineState.OFFLINED_BUT_NOT_VALID
+
+
+def test_repair_of_an_expired_license_needs_the_source(cli, make_engine, sim, clock) -> None:
+    sim.add("/media/42", Resource(BODY))
+    sim.add("/license/42", Resource(b"LICENSE"))
+    _playback(sim, clock.now + 60)
+    source = sim.url("/{type}s/{id}")
+    make_engine(source=source).offline(MediaProduct(ProductType.TRACK, "42"))
+
+    # The CLI runs on the real clock: let the license expire for it.
+    conn = sqlite3.connect(make_engine().store.path)
+    conn.execute("UPDATE offlined_entries SET license_expires_at = 1")
+    conn.commit()
+    conn.close()
+    without = cli("validate", "--repair", "--json")
+    assert without.exit_code == 1
+    [row] = json.loads(without.stdout)
+    assert row["reason"] == "license expired" and "source" in row["repair_error"]
+
+    _playback(sim, time.time() + 3600)
+    renewed = cli("validate", "--repair", "--source", source)
+    assert renewed.exit_code == 0, renewed.output
+    assert cli("state", "track:42").stdout.strip() == "OFFLINED_AND_VALID"
