@@ -313,9 +313,6 @@ class OfflineEngine:
             return LICENSE_EXPIRED
         return None
 
-    def latest_download(self, product: MediaProduct) -> DownloadEntry | None:
-        return self.store.latest_download(product.key)
-
     def known_products(self) -> list[MediaProduct]:
         products: list[MediaProduct] = []
         for key in self.store.known_product_keys():

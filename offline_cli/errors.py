@@ -13,8 +13,7 @@
     │   │   ├── DiskFull              not enough space under the home folder
     │   │   └── ProductNotFound       the playback-info source answered 404
     │   ├── UnknownDownloadError      anything unclassified                       (one retry)
-    │   ├── DownloadCancelled         deleted by another process while running
-    │   └── InvalidProducts           validate found invalid products
+    │   └── DownloadCancelled         deleted by another process while running
     ├── BusyError                     another process is downloading it, --no-wait (exit 3)
     └── StorageError                  the store itself is unusable                (exit 4)
 
@@ -164,12 +163,6 @@ class DownloadCancelled(DownloadError):
     """The download was cancelled (deleted) by another process while it ran."""
 
     kind = "cancelled"
-
-
-class InvalidProducts(DownloadError):
-    """``validate`` found products that are not valid."""
-
-    kind = "permanent"
 
 
 class BusyError(OfflineError):

@@ -61,10 +61,6 @@ class Layout:
     def credentials_file(self) -> Path:
         return self.home / "credentials.json"
 
-    @property
-    def config_file(self) -> Path:
-        return self.home / "config.toml"
-
     def product_dir(self, product_key: str) -> Path:
         return self.store_dir / product_dir_name(product_key)
 

@@ -459,13 +459,6 @@ class Store:
             rows = list(query)
         return [_download_from_row(r) for r in rows]
 
-    def delete_downloads(self, product_key: str) -> int:
-        with self.transaction():
-            count: int = (
-                _DownloadRow.delete().where(_DownloadRow.product_key == product_key).execute()
-            )
-        return count
-
     def delete_download(self, download_id: str) -> None:
         with self.transaction():
             _DownloadRow.delete().where(_DownloadRow.id == download_id).execute()
@@ -636,7 +629,6 @@ class DownloadStateManager:
         *,
         bytes_done: int,
         bytes_total: int | None,
-        resume_info: dict[str, dict[str, str | int | None]] | None = None,
     ) -> bool:
         """Record progress; returns True when another process asked to cancel."""
         progress = min(1.0, bytes_done / bytes_total) if bytes_total else 0.0
@@ -646,8 +638,6 @@ class DownloadStateManager:
             "progress": progress,
             "updated_at": self._store.clock(),
         }
-        if resume_info is not None:
-            values["resume_info"] = json.dumps(resume_info)
         with self._store.transaction():
             _DownloadRow.update(**values).where(_DownloadRow.id == download_id).execute()
             row = _DownloadRow.get_or_none(_DownloadRow.id == download_id)
