@@ -459,3 +459,15 @@ def test_repair_of_an_expired_license_needs_the_source(cli, make_engine, sim, cl
     renewed = cli("validate", "--repair", "--source", source)
     assert renewed.exit_code == 0, renewed.output
     assert cli("state", "track:42").stdout.strip() == "OFFLINED_AND_VALID"
+
+
+def test_disk_full_fails_at_once_with_the_sizes(cli, make_engine, sim, home) -> None:
+    from offline_cli.errors import DiskFull
+
+    sim.add("/big", Resource(BODY))
+    engine = make_engine(disk_free=lambda _path: 100_000)
+    with pytest.raises(DiskFull) as caught:
+        engine.offline(MediaProduct(ProductType.TRACK, "1", url=sim.url("/big")))
+    assert "not enough disk space: need 200.0 kB, 100.0 kB free" in str(caught.value)
+    assert len(sim.requests("/big")) == 1  # permanent: no retry
+    assert list((home / "partial").iterdir()) == []
