@@ -331,13 +331,7 @@ class OfflineEngine:
             )
         download = self.store.latest_download(key)
         if download is not None:
-            return MediaProduct(
-                download.product_type,
-                download.product_id,
-                url=self.vault.reveal(download.media_url),
-                license_url=self.vault.reveal(download.license_url),
-                sha256=download.expected_sha256,
-            )
+            return self._product_to_resume(download)
         if "://" in key:
             return MediaProduct(ProductType.FILE, key, url=self.vault.reveal(key))
         type_name, _, product_id = key.partition(":")
