@@ -6,7 +6,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 
 from offline_cli import MediaProduct, OfflineState, ProductType
-from offline_cli.engine import CoordinatedDownload, CoordinationState
+from offline_cli.download import CoordinatedDownload, CoordinationState
 from offline_cli.errors import HTTPStatusError
 from tests.conftest import RecordingListener
 

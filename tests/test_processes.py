@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from offline_cli import MediaProduct, OfflineEngine, ProductType
-from offline_cli.engine import _ProductRun
+from offline_cli.download import ProductRun as _ProductRun
 from offline_cli.store import Store
 from tests.netsim import Fault, NetSim, Resource, wait_for
 from tests.procutil import (
