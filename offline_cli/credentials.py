@@ -57,7 +57,9 @@ class CredentialVault:
         if url is None:
             return None
         redacted = redact_url(url)
-        if redacted != url and self._load().get(redacted) != url:
+        if redacted != url:
+            # Always under the lock against a fresh read: another process may have
+            # forgotten this URL since this vault last looked.
             with self._lock:
                 data = dict(self._load(fresh=True))
                 if data.get(redacted) != url:

@@ -292,12 +292,14 @@ class ProductRun(OfflineEngineListener):
         downloads = self.engine.store.downloads
         try:
             while not stop.wait(PROGRESS_PERSIST_INTERVAL_S):
-                if downloads.is_cancel_requested(self.entry.id):
+                if not self._cancel_seen and downloads.is_cancel_requested(self.entry.id):
                     self._cancel_seen = True
+                if self._cancel_seen:
+                    # Every tick, not once: the transfer running now may be a later one (the
+                    # media after the license) or a new request after the last was cut.
                     current = self._current
                     if current is not None:
                         current.abort()
-                    return
         except OfflineError:  # pragma: no cover - the store failing: the main thread will see
             return
         finally:

@@ -693,7 +693,8 @@ class OfflineEngine:
         if entry.from_source and self.settings.source:
             # Ask the source again: signed URLs and license expiries may have changed. The
             # same file (same redacted URL) is still resumed from its bytes on disk.
-            return MediaProduct(entry.product_type, entry.product_id, sha256=entry.expected_sha256)
+            # (the source's current checksum applies, not the one it gave last time)
+            return MediaProduct(entry.product_type, entry.product_id)
         expires = entry.license_expires_at
         return MediaProduct(
             entry.product_type,

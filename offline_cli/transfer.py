@@ -15,6 +15,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -164,6 +165,8 @@ class Transfer:
         self.stats = TransferStats()
         self.host_answered = False
         self._response: httpx.Response | None = None
+        # The connection of the request in flight, known before any header arrives.
+        self._stream: Any = None
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -245,24 +248,36 @@ class Transfer:
             assert if_range is not None
             headers["If-Range"] = if_range
         self.stats.requests += 1
-        with self.client.stream("GET", self.url, headers=headers) as response:
+        extensions = {"trace": self._trace}
+        with self.client.stream(
+            "GET", self.url, headers=headers, extensions=extensions
+        ) as response:
             self._response = response
             try:
                 return self._handle(response, offset)
             finally:
                 self._response = None
 
+    def _trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's trace hook: remember a new connection's stream as soon as it opens."""
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            self._stream = info.get("return_value")
+
     def abort(self) -> None:
-        """Make a read blocked in another thread fail now (used to cancel a download).
+        """Make a read blocked in another thread fail now (used to cancel a download),
+        whether it waits for the headers or for the body.
 
         Shutting the socket down wakes a blocked ``recv``; closing it would not.
         """
         response = self._response
-        stream = response.extensions.get("network_stream") if response is not None else None
-        sock = stream.get_extra_info("socket") if stream is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        streams = [self._stream]
+        if response is not None:
+            streams.append(response.extensions.get("network_stream"))
+        for stream in streams:
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def _handle(self, response: httpx.Response, offset: int) -> TransferResult:
         """Act on a response's status: resume, start over, or write the body."""

@@ -132,3 +132,16 @@ def test_concurrent_seals_keep_every_entry(home: Path) -> None:
     procs = [subprocess.Popen([sys.executable, "-c", code, str(vault), str(n)]) for n in range(6)]
     assert [p.wait(60) for p in procs] == [0] * 6
     assert len(json.loads(vault.read_text())) == 6 * 25
+
+
+def test_seal_after_another_process_forgot_stores_again(home: Path) -> None:
+    from offline_cli.credentials import CredentialVault
+
+    home.mkdir(parents=True)
+    path = home / "credentials.json"
+    url = f"http://127.0.0.1:1/f?token={SECRET}"
+    long_lived, other = CredentialVault(path), CredentialVault(path)
+    long_lived.seal(url)
+    other.forget([redact_url(url)])  # e.g. `delete` in another process
+    long_lived.seal(url)  # a new download of the same URL
+    assert CredentialVault(path).reveal(redact_url(url)) == url

@@ -317,6 +317,45 @@ def test_delete_cancels_a_stalled_download_at_once(
     assert store_files(home) == set()
 
 
+def test_delete_cancels_a_download_waiting_for_headers(procs: Procs, home: Path) -> None:
+    """A server that accepts the connection and never answers: the cancel watch still cuts
+    the wait for the headers short."""
+    import socket as sockets
+
+    listener = sockets.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held: list[sockets.socket] = []
+    stop = threading.Event()
+
+    def accept_and_hold() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept_and_hold, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/never"
+    try:
+        downloader = procs.spawn("offline", url, "--stall-timeout", "60s")
+        _until(lambda: held != [] and download_state(home, url) == "IN_PROGRESS", "a request")
+        started = time.monotonic()
+        deleted = procs.run("delete", url, timeout=30)
+        assert deleted.returncode == 0, deleted.stderr
+        assert downloader.wait(10) == 1
+        assert time.monotonic() - started < 5
+        assert "cancel" in downloader.stderr().lower()
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
 def test_cleanup_leaves_a_live_download_alone(sim: NetSim, procs: Procs, home: Path) -> None:
     sim.add("/media", Resource(BODY, rate=RATE))
     url = sim.url("/media")
