@@ -37,6 +37,7 @@ from offline_cli.models import (
     MediaProduct,
     check_sha256,
     check_url,
+    human_bytes,
     looks_like_url,
     parse_duration,
     parse_product_name,
@@ -149,14 +150,6 @@ def _fail(exc: OfflineError) -> NoReturn:
     raise typer.Exit(exc.exit_code)
 
 
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"  # pragma: no cover
-
-
 # -- logging --------------------------------------------------------------------------------------
 
 
@@ -245,7 +238,7 @@ class _Reporter(OfflineEngineListener):
 
     def offlining_completed(self, product: MediaProduct) -> None:
         elapsed = time.monotonic() - self.started_at.get(product.key, time.monotonic())
-        size = _human_bytes(self.bytes.get(product.key, 0))
+        size = human_bytes(self.bytes.get(product.key, 0))
         self._finish(product, f"{product.key}: done ({size} in {elapsed:.1f}s)")
 
     def offlining_failed(self, product: MediaProduct, error: OfflineError) -> None:
@@ -710,10 +703,10 @@ def cleanup(
     verb = "would remove" if dry_run else "removed"
     for item in report.items:
         what = item.path or f"entry of {item.product_key}"
-        _data(f"{verb} {item.kind}: {what} ({_human_bytes(item.bytes)})")
+        _data(f"{verb} {item.kind}: {what} ({human_bytes(item.bytes)})")
     _say(
         f"{verb} {report.files_removed} file(s) and {report.entries_removed} entr(y/ies), "
-        f"{_human_bytes(report.bytes_reclaimed)}"
+        f"{human_bytes(report.bytes_reclaimed)}"
     )
 
 
@@ -792,15 +785,15 @@ def health(
         ("retry success rate", pct(report.retry_success_rate)),
         ("recoveries after a crash", str(report.recoveries)),
         ("network pauses", str(report.network_pauses)),
-        ("bytes downloaded", _human_bytes(report.bytes_downloaded)),
+        ("bytes downloaded", human_bytes(report.bytes_downloaded)),
         (
             "mean throughput",
             "-"
             if report.mean_throughput_bytes_per_s is None
-            else _human_bytes(report.mean_throughput_bytes_per_s) + "/s",
+            else human_bytes(report.mean_throughput_bytes_per_s) + "/s",
         ),
         ("entries cleaned up", str(report.cleaned_up)),
-        ("bytes reclaimed", _human_bytes(report.bytes_reclaimed)),
+        ("bytes reclaimed", human_bytes(report.bytes_reclaimed)),
         ("offlined products", str(report.offlined_products)),
         ("active downloads", str(report.active_downloads)),
     ]

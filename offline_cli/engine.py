@@ -628,11 +628,11 @@ class OfflineEngine:
                     safe_remove(self.layout, Path(offlined.license_path))
             # The download this delete cancelled keeps its CANCELLED entry (no files) as a
             # record; cleanup removes it after the retention age.
-            keep = {
-                d.id
-                for d in store.list_downloads([DownloadState.CANCELLED], product_key=key)
+            keep = (
+                {d.id for d in store.list_downloads([DownloadState.CANCELLED], product_key=key)}
                 if cancelled_running
-            }
+                else set()
+            )
             with store.transaction():
                 store.delete_offlined(key)
                 for entry in downloads:

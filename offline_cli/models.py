@@ -178,6 +178,15 @@ _DURATION_RE = re.compile(r"^(?P<n>\d+(?:\.\d+)?)(?P<unit>[smhdw]?)$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+def human_bytes(n: float) -> str:
+    """A byte count for people: ``1.2 GB``, ``300.0 MB``, ``512 B`` (decimal units)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover - loop always returns
+
+
 def parse_duration(text: str) -> float:
     """Parse ``90s``, ``30m``, ``12h``, ``7d``, ``2w`` or a bare number of seconds."""
     match = _DURATION_RE.match(text.strip())

@@ -30,6 +30,7 @@ from offline_cli.errors import (
     ServerError,
     UnknownDownloadError,
 )
+from offline_cli.models import human_bytes
 from offline_cli.redaction import redact_url
 
 CHUNK_SIZE = 64 * 1024
@@ -66,14 +67,6 @@ def make_client(
 
 def host_of(url: str) -> str:
     return urlsplit(url).hostname or url
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"  # pragma: no cover - loop always returns
 
 
 @dataclass
