@@ -31,6 +31,8 @@ class Settings:
     connect_timeout: float = 10.0
     network_timeout: float = 120.0
     db_timeout: float = 30.0
+    # a body slower than this many bytes/s for a whole stall_timeout is a stall (0: off)
+    min_speed: int = 1024
     # where products come from
     source: str | None = None
     # maintenance

@@ -209,6 +209,9 @@ class ProductRun(OfflineEngineListener):
             check_stop=self._check_stop,
             disk_free=engine._disk_free,
             stall_timeout_s=engine.settings.stall_timeout,
+            min_speed=engine.settings.min_speed,
+            monotonic=engine._monotonic,
+            date_if_range_hosts=engine.date_if_range_hosts,
         )
         seen = {"bytes": transfer.bytes_on_disk}
 
@@ -216,7 +219,9 @@ class ProductRun(OfflineEngineListener):
             now = transfer.bytes_on_disk
             moved = now > seen["bytes"]
             seen["bytes"] = now
-            return moved
+            # Bytes that came below the speed floor do not count: a server trickling a
+            # byte a second must use up the retries, not be retried forever.
+            return moved and not transfer.too_slow
 
         def on_retry(error: DownloadError, attempt: int, delay: float, reason: str) -> None:
             self.retries += 1

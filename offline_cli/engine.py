@@ -122,6 +122,8 @@ class OfflineEngine:
         self._store: Store | None = None
         self._maintenance_checked = False
         self._http: httpx.Client | None = None
+        # hosts that honour If-Range only with a date (transfer.py): shared by all products
+        self.date_if_range_hosts: set[str] = set()
         self._vault: CredentialVault | None = None
 
     # -- infrastructure -------------------------------------------------------------------

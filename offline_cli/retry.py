@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import math
 import random
+import re
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -23,6 +24,10 @@ from offline_cli.errors import (
 from offline_cli.models import ErrorKind
 
 T = TypeVar("T")
+
+# RFC 9110 delay-seconds: ASCII digits only (str.isdigit() also accepts "²", which float()
+# refuses)
+_DELAY_SECONDS_RE = re.compile(r"[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -107,16 +112,17 @@ class RetryPolicy:
         if value is None:
             return None
         value = value.strip()
-        if value.isdigit():
+        if _DELAY_SECONDS_RE.fullmatch(value):
+            # float() of any digit string is finite or inf, never an error; the cap bounds it
             seconds = float(value)
         else:
             try:
                 when = email.utils.parsedate_to_datetime(value)
-            except (TypeError, ValueError, IndexError):
+                if when.tzinfo is None:
+                    return None
+                seconds = max(0.0, when.timestamp() - now)
+            except (TypeError, ValueError, IndexError, OverflowError):
                 return None
-            if when.tzinfo is None:
-                return None
-            seconds = max(0.0, when.timestamp() - now)
         return min(seconds, self.retry_after_max)
 
     def decide(self, error: BaseException, attempt: int, now: float, rand: float = 1.0) -> Decision:

@@ -12,6 +12,8 @@ import os
 import re
 import shutil
 import socket
+import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +39,60 @@ CHUNK_SIZE = 64 * 1024
 HASH_READ_SIZE = 1024 * 1024
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_STALL_TIMEOUT_S = 30.0
-# Keep this much free beyond the file itself, so the database can still be written.
-DISK_MARGIN_BYTES = 8 * 1024 * 1024
+# Like curl -Y: slower than this (bytes/s) for a whole stall window is a stall. 0: off.
+DEFAULT_MIN_SPEED = 1024
+# Keep some space free beyond the file itself, so the database can still record the result
+# (a commit writes a few pages to the WAL). The reserve grows with the file (1/16 of it,
+# for the journal and metadata a large download causes) between these two bounds, so a
+# small product still fits on a nearly full disk.
+DISK_RESERVE_MIN_BYTES = 256 * 1024
+DISK_RESERVE_MAX_BYTES = 8 * 1024 * 1024
+# No real file is larger; a bigger number in a header is a lie or an attack.
+MAX_CONTENT_LENGTH = 2**63 - 1
 
-_CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
-_UNSATISFIED_RANGE_RE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE)
+# ASCII digits only, at most 19 (so int() is cheap and the value fits MAX_CONTENT_LENGTH's size)
+_NUMBER = r"([0-9]{1,19})"
+_CONTENT_RANGE_RE = re.compile(
+    rf"^[ \t]*bytes[ \t]+{_NUMBER}-{_NUMBER}/({_NUMBER[1:-1]}|\*)[ \t]*$", re.IGNORECASE
+)
+_UNSATISFIED_RANGE_RE = re.compile(rf"^[ \t]*bytes[ \t]+\*/{_NUMBER}[ \t]*$", re.IGNORECASE)
+_CONTENT_LENGTH_RE = re.compile(r"^[ \t]*([0-9]+)[ \t]*$")
+
+
+@dataclass(frozen=True)
+class ContentRange:
+    """A satisfied ``Content-Range``: bytes ``start`` to ``end`` inclusive of ``total``."""
+
+    start: int
+    end: int
+    total: int | None  # None for ``*`` (length unknown)
+
+
+def parse_content_range(value: str | None) -> ContentRange | None:
+    """The range a 206 announces, or None when it is absent, malformed or impossible
+    (end before start, end past the total, numbers no file can have)."""
+    match = _CONTENT_RANGE_RE.match(value or "")
+    if match is None:
+        return None
+    start, end = int(match.group(1)), int(match.group(2))
+    total = None if match.group(3) == "*" else int(match.group(3))
+    limit = MAX_CONTENT_LENGTH if total is None else total
+    if start > end or end >= limit:
+        return None
+    return ContentRange(start, end, total)
+
+
+def parse_unsatisfied_range(value: str | None) -> int | None:
+    """The length in a 416's ``Content-Range: bytes */LENGTH``, else None."""
+    match = _UNSATISFIED_RANGE_RE.match(value or "")
+    if match is None or int(match.group(1)) > MAX_CONTENT_LENGTH:
+        return None
+    return int(match.group(1))
+
+
+def disk_reserve(needed: int) -> int:
+    """Bytes kept free beyond a download of ``needed`` bytes (see DISK_RESERVE_MIN_BYTES)."""
+    return min(DISK_RESERVE_MAX_BYTES, max(DISK_RESERVE_MIN_BYTES, needed // 16))
 
 
 def make_client(
@@ -99,11 +150,18 @@ class Checkpoint:
         )
 
     @property
-    def if_range(self) -> str | None:
-        """The If-Range value: a strong ETag, else Last-Modified, else nothing."""
-        if self.etag and not self.etag.startswith("W/"):
-            return self.etag
-        return self.last_modified
+    def strong_etag(self) -> str | None:
+        return self.etag if self.etag and not self.etag.startswith("W/") else None
+
+    def if_range(self, *, prefer_date: bool = False) -> str | None:
+        """The If-Range value: a strong ETag, else Last-Modified, else nothing.
+
+        ``prefer_date``: the host answers an ETag If-Range with the whole file (some CDNs
+        honour only dates), so send the Last-Modified date when there is one.
+        """
+        if prefer_date and self.last_modified:
+            return self.last_modified
+        return self.strong_etag or self.last_modified
 
 
 @dataclass(frozen=True)
@@ -144,6 +202,9 @@ class Transfer:
         check_stop: Callable[[], None] = lambda: None,
         disk_free: Callable[[Path], int] = lambda p: shutil.disk_usage(p).free,
         stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
+        min_speed: float = DEFAULT_MIN_SPEED,
+        monotonic: Callable[[], float] = time.monotonic,
+        date_if_range_hosts: set[str] | None = None,
     ) -> None:
         self.client = client
         self.url = url
@@ -155,8 +216,16 @@ class Transfer:
         self.check_stop = check_stop
         self.disk_free = disk_free
         self.stall_timeout_s = stall_timeout_s
+        self.min_speed = min_speed
+        self.monotonic = monotonic
+        # Hosts that answer an ETag If-Range with the whole file: shared by the transfers
+        # of one engine, so later requests to such a host send the Last-Modified date.
+        self.date_if_range_hosts = date_if_range_hosts if date_if_range_hosts is not None else set()
         self.stats = TransferStats()
         self.host_answered = False
+        # The last try ended because the body came slower than min_speed: the bytes it
+        # brought are not progress that should keep a crawling server retried forever.
+        self.too_slow = False
         self._response: httpx.Response | None = None
         # The connection of the request in flight, known before any header arrives.
         self._stream: Any = None
@@ -202,22 +271,26 @@ class Transfer:
 
     def _check_space(self, needed: int) -> None:
         free = self.disk_free(self.partial_path.parent)
-        if needed + DISK_MARGIN_BYTES > free:
+        reserve = disk_reserve(needed)
+        if needed + reserve > free:
             raise self._error(
                 DiskFull,
-                f"not enough disk space: need {human_bytes(needed)}, {human_bytes(free)} free",
+                f"not enough disk space: need {human_bytes(needed)} plus "
+                f"{human_bytes(reserve)} kept free so the database can record the download, "
+                f"{human_bytes(free)} free",
                 hint="free some space or point $OFFLINE_CLI_HOME at a larger disk",
             )
 
     # -- one try ------------------------------------------------------------------------
 
     def attempt(self) -> TransferResult:
+        self.too_slow = False
         self.partial_path.parent.mkdir(parents=True, exist_ok=True)
         if self.partial_path.is_symlink():
             # Not a file we wrote: never append to (or truncate) whatever it points at.
             self.reset()
         offset = self.bytes_on_disk
-        if offset and (self.checkpoint.if_range is None or self.checkpoint.total is None):
+        if offset and (self.checkpoint.if_range() is None or self.checkpoint.total is None):
             # Without a validator we cannot prove the server still holds the same bytes,
             # and a file mixing two versions is worse than fetching again.
             self.reset()
@@ -229,17 +302,28 @@ class Transfer:
             self.on_progress(offset, offset)
             return self._result(self._hash_existing(offset), offset)
         try:
-            return self._request(offset)
+            while True:
+                result = self._request(offset)
+                if result is not None:
+                    return result
+                # A bounded 206 arrived whole: that is progress, so ask for the rest at
+                # once instead of failing into the backoff. Each round moves forward.
+                self.check_stop()
+                offset = self.bytes_on_disk
         except httpx.HTTPError as exc:
             raise wrap_http_error(exc, self.url, self.product, self.stall_timeout_s) from exc
 
-    def _request(self, offset: int) -> TransferResult:
+    def _request(self, offset: int) -> TransferResult | None:
         headers: dict[str, str] = {}
         if offset:
             headers["Range"] = f"bytes={offset}-"
-            if_range = self.checkpoint.if_range
-            assert if_range is not None
-            headers["If-Range"] = if_range
+            if_range = self.checkpoint.if_range(
+                prefer_date=host_of(self.url) in self.date_if_range_hosts
+            )
+            # Only a bounded 206 without validators continues without one (its Content-Range
+            # total is then checked); a new try without validators starts from zero.
+            if if_range is not None:
+                headers["If-Range"] = if_range
         self.stats.requests += 1
         extensions = {"trace": self._trace}
         with self.client.stream(
@@ -272,7 +356,7 @@ class Transfer:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
 
-    def _handle(self, response: httpx.Response, offset: int) -> TransferResult:
+    def _handle(self, response: httpx.Response, offset: int) -> TransferResult | None:
         """Act on a response's status: resume, start over, or write the body."""
         self.host_answered = True
         self.stats.statuses.append(response.status_code)
@@ -280,57 +364,101 @@ class Transfer:
         if status == 416 and offset:
             return self._handle_unsatisfiable(response, offset)
         raise_for_status(response, self.url, self.product)
-        if status == 206 and offset:
-            start = self._check_partial_response(response, offset)
-            if start is None:
-                # The server cannot resume this file truthfully: start over cleanly.
-                self.stats.restarts += 1
-                response.close()
-                self.reset()
-                return self._request(0)
-            return self._write_body(response, offset, append=True)
-        if status != 200 and status != 206:
+        if status == 206:
+            return self._handle_partial(response, offset)
+        if status != 200:
             raise self._error(
                 UnknownDownloadError,
                 f"unexpected HTTP {status} {response.reason_phrase} from {host_of(self.url)}",
             )
+        total = self._content_length(response)
+        if offset and self._same_version(response, total):
+            # The server ignored the range (or honours If-Range only with a date) but sends
+            # the very version we hold: keep our bytes and skip the part we have.
+            if self.checkpoint.last_modified:
+                self.date_if_range_hosts.add(host_of(self.url))
+            return self._write_body(response, offset, end=total, total=total, skip=offset)
         if offset:
-            # A 200 where 206 was asked: the file changed (If-Range) or the server
-            # ignores ranges. The body is the whole new file, so restart with it.
+            # A 200 where 206 was asked and the file changed: the body is the whole new
+            # file, so restart with it.
             self.stats.restarts += 1
-        return self._write_body(response, 0, append=False)
+        return self._write_body(response, 0, end=total, total=total, replace=True)
 
-    def _check_partial_response(self, response: httpx.Response, offset: int) -> int | None:
-        """The start of a 206 body when it continues our bytes, else None."""
-        match = _CONTENT_RANGE_RE.match(response.headers.get("Content-Range", ""))
-        if match is None:
-            return None
-        start, total = int(match.group(1)), match.group(3)
-        if start != offset:
-            return None
+    def _same_version(self, response: httpx.Response, total: int | None) -> bool:
+        """True when a whole-file answer carries the validators of the bytes we hold."""
+        if total is not None and self.checkpoint.total not in (None, total):
+            return False
+        etag: str | None = response.headers.get("ETag")
+        if etag and not etag.startswith("W/") and self.checkpoint.strong_etag:
+            return etag == self.checkpoint.strong_etag
+        modified: str | None = response.headers.get("Last-Modified")
+        return modified is not None and modified == self.checkpoint.last_modified
+
+    def _handle_partial(self, response: httpx.Response, offset: int) -> TransferResult | None:
+        """A 206: write it only when it starts exactly where we asked (0 for a plain GET)."""
+        content_range = parse_content_range(response.headers.get("Content-Range"))
+        if content_range is None or content_range.start != offset:
+            self._refuse_range(response, offset, content_range)
+        assert content_range is not None
+        if offset and self._changed_since_checkpoint(response, content_range):
+            # The file changed under us (or the server cannot tell versions apart): start
+            # over cleanly rather than append bytes of another version.
+            self.stats.restarts += 1
+            response.close()
+            self.reset()
+            return self._request(0)
+        return self._write_body(
+            response,
+            offset,
+            end=content_range.end + 1,
+            total=content_range.total,
+            replace=not offset,
+        )
+
+    def _refuse_range(
+        self, response: httpx.Response, offset: int, content_range: ContentRange | None
+    ) -> None:
+        """A 206 we did not ask for (a range we did not request, or no usable range):
+        its bytes are never written, and the retry starts from a clean state."""
+        response.close()
+        self.reset()
+        if content_range is None:
+            raw = response.headers.get("Content-Range")
+            got = "no Content-Range" if raw is None else f"Content-Range {raw[:60]!r}"
+        else:
+            got = f"bytes {content_range.start}-{content_range.end}"
+        raise self._error(
+            ServerError,
+            f"{host_of(self.url)} sent a partial response that does not start where asked "
+            f"(asked for bytes from {offset}, got {got}): refused, nothing written",
+            status=206,
+            hint="the server's range support is broken; try again later or another mirror",
+        )
+
+    def _changed_since_checkpoint(
+        self, response: httpx.Response, content_range: ContentRange
+    ) -> bool:
         if (
-            total != "*"
+            content_range.total is not None
             and self.checkpoint.total is not None
-            and int(total) != self.checkpoint.total
+            and content_range.total != self.checkpoint.total
         ):
-            return None
+            return True
         etag = response.headers.get("ETag")
         if etag and self.checkpoint.etag and etag != self.checkpoint.etag:
-            return None
+            return True
         modified = response.headers.get("Last-Modified")
-        if (
+        return bool(
             modified
             and not self.checkpoint.etag
             and self.checkpoint.last_modified
             and modified != self.checkpoint.last_modified
-        ):
-            return None
-        return start
+        )
 
-    def _handle_unsatisfiable(self, response: httpx.Response, offset: int) -> TransferResult:
+    def _handle_unsatisfiable(self, response: httpx.Response, offset: int) -> TransferResult | None:
         """416: complete when the server's length is exactly what we hold, else start over."""
-        match = _UNSATISFIED_RANGE_RE.match(response.headers.get("Content-Range", ""))
-        if match and int(match.group(1)) == offset and self.checkpoint.total in (None, offset):
+        length = parse_unsatisfied_range(response.headers.get("Content-Range"))
+        if length == offset and self.checkpoint.total in (None, offset):
             self.checkpoint.total = offset
             self.on_checkpoint(self.checkpoint)
             return self._result(self._hash_existing(offset), offset)
@@ -339,52 +467,90 @@ class Transfer:
         self.reset()
         return self._request(0)
 
-    def _total_from(self, response: httpx.Response, offset: int) -> int | None:
-        if response.status_code == 206:
-            match = _CONTENT_RANGE_RE.match(response.headers.get("Content-Range", ""))
-            if match and match.group(3) != "*":
-                return int(match.group(3))
-        length = response.headers.get("Content-Length")
-        if length and length.isdigit():
-            return offset + int(length)
-        return None
+    def _content_length(self, response: httpx.Response) -> int | None:
+        """The body's length, None when not given; a length no file can have is refused."""
+        value = response.headers.get("Content-Length")
+        if value is None:
+            return None
+        match = _CONTENT_LENGTH_RE.match(value)
+        if match is None or len(match.group(1)) > 19 or int(match.group(1)) > MAX_CONTENT_LENGTH:
+            response.close()
+            raise self._error(
+                PermanentError,
+                f"bad HTTP response from {host_of(self.url)}: "
+                f"impossible Content-Length {value[:40]!r}",
+            )
+        return int(match.group(1))
 
-    def _write_body(self, response: httpx.Response, offset: int, *, append: bool) -> TransferResult:
-        total = self._total_from(response, offset)
+    def _write_body(
+        self,
+        response: httpx.Response,
+        offset: int,
+        *,
+        end: int | None,
+        total: int | None,
+        replace: bool = False,
+        skip: int = 0,
+    ) -> TransferResult | None:
+        """Write the body at ``offset`` up to ``end`` (exclusive; None: until it ends).
+
+        ``total`` is the whole file's length; ``end < total`` is a bounded range, after
+        which None is returned so the caller asks for the rest. ``replace`` drops the bytes
+        on disk first; ``skip`` drops that many bytes from the start of the body (a whole-
+        file answer to a resume, whose first bytes we hold already).
+        """
         if total is not None:
             self._check_space(total - offset)
-        if not append:
+        elif end is not None:
+            self._check_space(end - offset)
+        if replace:
             # Drop the old bytes before the new validators are recorded: a crash in between
             # must never leave bytes of one version under the validators of another.
             self.partial_path.unlink(missing_ok=True)
         # Record the validators before the first byte lands, so bytes on disk always have
         # a checkpoint that says which version of the file they belong to.
+        keep = not replace
         self.checkpoint = Checkpoint(
             url=self.url,
-            etag=response.headers.get("ETag", self.checkpoint.etag if append else None),
+            etag=response.headers.get("ETag", self.checkpoint.etag if keep else None),
             last_modified=response.headers.get(
-                "Last-Modified", self.checkpoint.last_modified if append else None
+                "Last-Modified", self.checkpoint.last_modified if keep else None
             ),
             total=total,
         )
         self.on_checkpoint(self.checkpoint)
-        hasher = self._hash_existing(offset) if append else hashlib.sha256()
+        hasher = self._hash_existing(offset) if offset else hashlib.sha256()
         done = offset
+        speed = _SpeedFloor(self.min_speed, self.stall_timeout_s, self.monotonic)
         try:
-            with self.partial_path.open("ab" if append else "wb") as out:
-                if append:
-                    out.truncate(offset)
-                for chunk in response.iter_raw():
-                    out.write(chunk)
-                    hasher.update(chunk)
-                    done += len(chunk)
-                    self.stats.bytes_fetched += len(chunk)
-                    if total is not None and done > total:
+            with self.partial_path.open("ab" if offset else "wb") as out:
+                out.truncate(offset)
+                for raw in response.iter_raw():
+                    self.stats.bytes_fetched += len(raw)
+                    chunk = raw
+                    if skip:
+                        chunk, skip = raw[skip:], max(0, skip - len(raw))
+                    if end is not None and done + len(chunk) > end:
+                        # Never write past what the server announced.
+                        chunk = chunk[: end - done]
+                        self._write(out, hasher, chunk)
+                        done += len(chunk)
                         raise self._error(
-                            NetworkError, f"server sent more than its length ({total} bytes)"
+                            NetworkError, f"server sent more than its length ({end} bytes)"
                         )
+                    self._write(out, hasher, chunk)
+                    done += len(chunk)
                     self.on_progress(done, total)
                     self.check_stop()
+                    if speed.too_slow(len(raw)):
+                        self.too_slow = True
+                        raise self._error(
+                            NetworkError,
+                            f"stalled: less than {human_bytes(self.min_speed)}/s from "
+                            f"{host_of(self.url)} for {self.stall_timeout_s:g}s",
+                        )
+                    if end is not None and done == end:
+                        break  # all we asked for: do not wait on a server that sends on
                 out.flush()
                 os.fsync(out.fileno())
         except OSError as exc:
@@ -398,16 +564,47 @@ class Transfer:
             raise self._error(
                 PermanentError, f"cannot write {self.partial_path}: {exc.strerror or exc}"
             ) from exc
-        if total is not None and done < total:
+        if skip or (end is not None and done < end):
             raise self._error(
                 NetworkError,
-                f"body cut short: got {done} of {total} bytes from {host_of(self.url)}",
+                f"body cut short: got {done} of {end} bytes from {host_of(self.url)}",
             )
-        if total is None:
+        if total is None and end is None:
             self.checkpoint.total = done
             self.on_checkpoint(self.checkpoint)
+        if total is None or done < total:
+            return None  # a bounded range: the caller asks for the rest
         self.on_progress(done, done)
         return self._result(hasher, done)
+
+    @staticmethod
+    def _write(out: Any, hasher: hashlib._Hash, chunk: bytes) -> None:
+        out.write(chunk)
+        hasher.update(chunk)
+
+
+class _SpeedFloor:
+    """curl's -Y/-y: a body slower than ``min_speed`` bytes/s over a whole ``window`` is
+    stalled. Checked as bytes arrive; a server sending nothing trips the read timeout."""
+
+    def __init__(self, min_speed: float, window: float, monotonic: Callable[[], float]) -> None:
+        self.min_speed = min_speed
+        self.window = window
+        self.monotonic = monotonic
+        self.started = monotonic()
+        self.bytes = 0
+
+    def too_slow(self, received: int) -> bool:
+        if self.min_speed <= 0:
+            return False
+        self.bytes += received
+        elapsed = self.monotonic() - self.started
+        if elapsed < self.window:
+            return False
+        if self.bytes < self.min_speed * elapsed:
+            return True
+        self.started, self.bytes = self.monotonic(), 0  # a fresh window
+        return False
 
 
 def _reason(exc: BaseException) -> str:
@@ -442,6 +639,22 @@ def wrap_http_error(
     with contextlib.suppress(RuntimeError):  # an error raised before any request was built
         url = str(exc.request.url)
     host = host_of(url)
+    unverified = _certificate_failure(exc)
+    if unverified is not None:
+        # The same certificate fails the same way on every try: retrying only wastes time.
+        return PermanentError(
+            f"TLS certificate of {host} does not verify: {unverified}",
+            product=product,
+            url=url,
+            hint="the server's certificate is not trusted (expired, self-signed or for "
+            "another name); set SSL_CERT_FILE to a CA bundle that trusts it",
+        )
+    if _is_malformed_response(exc):
+        # The server answered, with bytes no HTTP parser accepts (a huge header, an
+        # impossible Content-Length): it will answer the same way again.
+        return PermanentError(
+            f"bad HTTP response from {host}: {_reason(exc)[:120]}", product=product, url=url
+        )
     unreachable = {"product": product, "url": url, "host_unreachable": True}
     if isinstance(exc, httpx.ConnectTimeout):
         return NetworkError(f"connection to {host} timed out", **unreachable)  # type: ignore[arg-type]
@@ -462,3 +675,29 @@ def wrap_http_error(
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
         return PermanentError(f"cannot fetch {redact_url(url)}", product=product, url=url)
     return UnknownDownloadError(f"HTTP error with {host}: {_reason(exc)}", product=product, url=url)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _certificate_failure(exc: httpx.HTTPError) -> str | None:
+    """The verification message when ``exc`` comes from a certificate that does not verify."""
+    for cause in _causes(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return str(cause.verify_message or cause.reason or "verification failed")
+    return None
+
+
+def _is_malformed_response(exc: httpx.HTTPError) -> bool:
+    """True for a protocol error the HTTP parser (h11) raised on bytes it received, as
+    opposed to a connection closed early (a cut, retried): those say "closed"."""
+    if not isinstance(exc, httpx.RemoteProtocolError):
+        return False
+    parser_error = any(type(c).__module__.split(".")[0] == "h11" for c in _causes(exc))
+    return parser_error and "closed" not in str(exc).lower()
