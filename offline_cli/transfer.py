@@ -570,7 +570,8 @@ class Transfer:
                 f"body cut short: got {done} of {end} bytes from {host_of(self.url)}",
             )
         if total is None and end is None:
-            self.checkpoint.total = done
+            # No length given: the body ran to its end, and that is the file.
+            total = self.checkpoint.total = done
             self.on_checkpoint(self.checkpoint)
         if total is None or done < total:
             return None  # a bounded range: the caller asks for the rest

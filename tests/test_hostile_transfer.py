@@ -612,3 +612,35 @@ def test_a_certificate_trusted_through_ssl_cert_file_downloads(
     engine.offline(product(server.url_for("/f")))
 
     assert stored(engine) == BODY[:1000]
+
+
+# -- Retry-After from a hostile server ------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["²", "Mon, 01 Jan 99999999999 00:00:00 GMT"])
+def test_an_unreadable_retry_after_is_ignored_not_a_crash(
+    value: str, origin: Origin, engine_for, clock: FakeClock
+) -> None:
+    def busy(request: httpx.Request, origin: Origin) -> httpx.Response:
+        return httpx.Response(503, headers={"Retry-After": value.encode(), "Content-Length": "0"})
+
+    origin.plan = [busy]
+    engine = engine_for(origin)
+
+    engine.offline(product())
+
+    assert stored(engine) == BODY
+    assert sum(clock.sleeps) == pytest.approx(1.0)  # the ordinary backoff instead
+
+
+def test_a_body_without_a_length_is_the_whole_file(origin: Origin, engine_for) -> None:
+    def unsized(request: httpx.Request, origin: Origin) -> httpx.Response:
+        return httpx.Response(200, headers={"ETag": ETAG}, stream=Body(origin.body))
+
+    origin.plan = [unsized]
+    engine = engine_for(origin)
+
+    engine.offline(product())
+
+    assert stored(engine) == BODY
+    assert len(origin.requests) == 1
