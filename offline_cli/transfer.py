@@ -653,8 +653,11 @@ def wrap_http_error(
     if _is_malformed_response(exc):
         # The server answered, with bytes no HTTP parser accepts (a huge header, an
         # impossible Content-Length): it will answer the same way again.
+        reason = _reason(exc)
+        if reason == "Receive buffer too long":  # h11's words for httpcore's 100 KiB limit
+            reason = "response header larger than 100 KiB"
         return PermanentError(
-            f"bad HTTP response from {host}: {_reason(exc)[:120]}", product=product, url=url
+            f"bad HTTP response from {host}: {reason[:120]}", product=product, url=url
         )
     unreachable = {"product": product, "url": url, "host_unreachable": True}
     if isinstance(exc, httpx.ConnectTimeout):

@@ -644,3 +644,45 @@ def test_a_body_without_a_length_is_the_whole_file(origin: Origin, engine_for) -
 
     assert stored(engine) == BODY
     assert len(origin.requests) == 1
+
+
+# -- the same through the command line: one line, exit 1, no traceback ---------------------
+
+
+def test_cli_reports_a_huge_header_in_one_line_without_retrying(cli, home: Path) -> None:
+    server = RawServer(b"HTTP/1.1 200 OK\r\nX-Padding: " + b"a" * 200_000 + b"\r\n\r\n")
+    try:
+        result = cli("offline", f"http://127.0.0.1:{server.port}/f", "--id", "track:1")
+    finally:
+        server.close()
+
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].endswith(
+        "bad HTTP response from 127.0.0.1: response header larger than 100 KiB"
+    )
+    assert "Traceback" not in result.output
+    assert server.connections == 1
+    assert cli("state", "track:1").stdout == "NOT_OFFLINED\n"
+
+
+def test_cli_fails_an_unasked_range_with_a_clear_message(cli, home: Path) -> None:
+    data = BODY[:2000]
+    server = RawServer(
+        b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 1000-1999/2000\r\n"
+        b"Content-Length: 1000\r\n\r\n" + data[1000:]
+    )
+    try:
+        result = cli(
+            "offline", f"http://127.0.0.1:{server.port}/f", "--id", "track:1", "--retries", "0"
+        )
+    finally:
+        server.close()
+
+    assert result.exit_code == 1
+    assert "does not start where asked (asked for bytes from 0, got bytes 1000-1999)" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.output
+    assert cli("state", "track:1").stdout == "NOT_OFFLINED\n"
+    assert partial_files(home) == []
