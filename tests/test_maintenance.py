@@ -468,6 +468,10 @@ def test_disk_full_fails_at_once_with_the_sizes(cli, make_engine, sim, home) -> 
     engine = make_engine(disk_free=lambda _path: 100_000)
     with pytest.raises(DiskFull) as caught:
         engine.offline(MediaProduct(ProductType.TRACK, "1", url=sim.url("/big")))
-    assert "not enough disk space: need 200.0 kB, 100.0 kB free" in str(caught.value)
+    # issue 7 item 18: the message says what is kept free and why
+    assert (
+        "not enough disk space: need 200.0 kB plus 262.1 kB kept free so the database can "
+        "record the download, 100.0 kB free"
+    ) in str(caught.value)
     assert len(sim.requests("/big")) == 1  # permanent: no retry
     assert list((home / "partial").iterdir()) == []
