@@ -217,11 +217,11 @@ class ProductRun(OfflineEngineListener):
 
         def made_progress() -> bool:
             now = transfer.bytes_on_disk
-            moved = now > seen["bytes"]
-            seen["bytes"] = now
             # Bytes that came below the speed floor do not count: a server trickling a
             # byte a second must use up the retries, not be retried forever.
-            return moved and not transfer.too_slow
+            moved = now - transfer.slow_bytes > seen["bytes"]
+            seen["bytes"] = now
+            return moved
 
         def on_retry(error: DownloadError, attempt: int, delay: float, reason: str) -> None:
             self.retries += 1

@@ -223,9 +223,10 @@ class Transfer:
         self.date_if_range_hosts = date_if_range_hosts if date_if_range_hosts is not None else set()
         self.stats = TransferStats()
         self.host_answered = False
-        # The last try ended because the body came slower than min_speed: the bytes it
-        # brought are not progress that should keep a crawling server retried forever.
-        self.too_slow = False
+        # When the last try ended because the body came slower than min_speed: the bytes
+        # of that last, too slow window. They are not progress that should keep a crawling
+        # server retried forever (the bytes before it, when it was fast, are).
+        self.slow_bytes = 0
         self._response: httpx.Response | None = None
         # The connection of the request in flight, known before any header arrives.
         self._stream: Any = None
@@ -284,7 +285,7 @@ class Transfer:
     # -- one try ------------------------------------------------------------------------
 
     def attempt(self) -> TransferResult:
-        self.too_slow = False
+        self.slow_bytes = 0
         self.partial_path.parent.mkdir(parents=True, exist_ok=True)
         if self.partial_path.is_symlink():
             # Not a file we wrote: never append to (or truncate) whatever it points at.
@@ -543,7 +544,7 @@ class Transfer:
                     self.on_progress(done, total)
                     self.check_stop()
                     if speed.too_slow(len(raw)):
-                        self.too_slow = True
+                        self.slow_bytes = speed.bytes
                         raise self._error(
                             NetworkError,
                             f"stalled: less than {human_bytes(self.min_speed)}/s from "

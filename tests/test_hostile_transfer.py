@@ -57,7 +57,8 @@ def retries(listener: RecordingListener) -> list[tuple[int, float, str]]:
 
 class Body(httpx.SyncByteStream):
     """A response body sent ``chunk`` bytes at a time; cut (a ReadError) after ``cut_after``
-    bytes; ``each_chunk`` runs before every chunk (to move a fake clock)."""
+    bytes; ``each_chunk`` runs before every chunk (to move a fake clock) once the first
+    ``fast`` bytes (sent at once) are out."""
 
     def __init__(
         self,
@@ -66,12 +67,17 @@ class Body(httpx.SyncByteStream):
         chunk: int = 16 * 1024,
         cut_after: int | None = None,
         each_chunk: Callable[[], None] = lambda: None,
+        fast: int = 0,
     ) -> None:
         self.data, self.chunk, self.cut_after, self.each_chunk = data, chunk, cut_after, each_chunk
+        self.fast = fast
         self.sent = 0
 
     def __iter__(self) -> Iterator[bytes]:
         limit = len(self.data) if self.cut_after is None else min(self.cut_after, len(self.data))
+        if self.fast:
+            self.sent = min(self.fast, limit)
+            yield self.data[: self.sent]
         while self.sent < limit:
             self.each_chunk()
             piece = self.data[self.sent : min(self.sent + self.chunk, limit)]
@@ -104,6 +110,7 @@ class Origin:
     max_range: int | None = None
     chunk: int = 16 * 1024
     each_chunk: Callable[[], None] = lambda: None
+    fast: int = 0  # bytes of each body sent at once, before each_chunk is called
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -150,7 +157,11 @@ class Origin:
             out["Content-Range"] = content_range or f"bytes {start}-{end - 1}/{len(body)}"
         out.update(headers or {})
         stream = Body(
-            body[start:end], chunk=self.chunk, cut_after=cut_after, each_chunk=self.each_chunk
+            body[start:end],
+            chunk=self.chunk,
+            cut_after=cut_after,
+            each_chunk=self.each_chunk,
+            fast=self.fast,
         )
         self.bodies.append(stream)
         return httpx.Response(status, headers=out, stream=stream)
@@ -433,6 +444,20 @@ def test_a_server_trickling_a_byte_a_second_is_stalled_and_gives_up(
     assert len(origin.requests) == 3
     assert all(body.sent <= 31 for body in origin.bodies)
     assert [attempt for attempt, _, _ in retries(listener)] == [1, 2]
+
+
+def test_a_try_that_was_fast_before_it_crawled_made_progress(engine_for, clock: FakeClock) -> None:
+    # every answer sends 40 kB at once (above the floor for its 30 s window), then a byte a
+    # second: each try ends stalled in its second window, but the bytes of the fast window
+    # are progress, so one retry at a time is enough to finish
+    origin = trickle(clock, 1)
+    origin.body, origin.fast = BODY[:200_000], 40_000
+    engine = engine_for(origin, retries=1)
+
+    engine.offline(product())
+
+    assert stored(engine) == origin.body
+    assert len(origin.requests) == 5
 
 
 def test_a_transfer_above_the_floor_is_not_stalled(engine_for, clock: FakeClock) -> None:
