@@ -31,6 +31,7 @@ from offline_cli.errors import (
     UnknownDownloadError,
 )
 from offline_cli.models import human_bytes
+from offline_cli.paths import open_private
 from offline_cli.redaction import redact_url
 
 CHUNK_SIZE = 64 * 1024
@@ -371,7 +372,9 @@ class Transfer:
         hasher = self._hash_existing(offset) if append else hashlib.sha256()
         done = offset
         try:
-            with self.partial_path.open("ab" if append else "wb") as out:
+            # 0600 and never through a link planted after the check in attempt().
+            flags = os.O_WRONLY | (os.O_APPEND if append else os.O_TRUNC)
+            with os.fdopen(open_private(self.partial_path, flags), "ab" if append else "wb") as out:
                 if append:
                     out.truncate(offset)
                 for chunk in response.iter_raw():
