@@ -182,7 +182,7 @@ class Transfer:
 
     def _hash_existing(self, length: int) -> hashlib._Hash:
         hasher = hashlib.sha256()
-        with self.partial_path.open("rb") as f:
+        with os.fdopen(open_private(self.partial_path, os.O_RDONLY, create=False), "rb") as f:
             remaining = length
             while remaining > 0:
                 block = f.read(min(HASH_READ_SIZE, remaining))
