@@ -117,7 +117,7 @@ def test_a_link_planted_in_a_new_home_is_refused(
     result = cli("offline", "-q", served, "--id", KEY)
 
     assert result.exit_code == 4, result.output
-    _one_line_error(result, str(link))
+    _one_line_error(result, str(link), "symbolic link")
     _assert_untouched(victim)
 
 
