@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -42,7 +43,7 @@ from offline_cli.models import (
     parse_duration,
     parse_product_name,
 )
-from offline_cli.paths import HOME_ENV, default_home
+from offline_cli.paths import HOME_ENV, PRIVATE_FILE_MODE, default_home
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -184,6 +185,8 @@ def _setup_logging(verbose: bool, log_file: str | None) -> None:
         logger.addHandler(handler)
     if log_file:
         try:
+            # A new log file is owner-only whatever the umask (it names products and hosts).
+            os.close(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE))
             file_handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
         except OSError as exc:
             raise ConfigError(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from offline_cli.paths import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, open_private, touch_private
 from offline_cli.redaction import REDACTED, redact_url
 
 
@@ -24,7 +25,13 @@ class CredentialVault:
         self._cache: dict[str, str] | None = None
         # Several processes seal and forget at once: each read-modify-write holds this lock,
         # so no process drops another's entry.
-        self._lock = FileLock(f"{path}.lock", is_singleton=False)
+        self._lock_path = Path(f"{path}.lock")
+        self._lock = FileLock(self._lock_path, mode=PRIVATE_FILE_MODE, is_singleton=False)
+
+    def _locked(self) -> FileLock:
+        """The vault's lock, its file first made ours (0600, never through a planted link)."""
+        touch_private(self._lock_path)
+        return self._lock
 
     def _load(self, fresh: bool = False) -> dict[str, str]:
         """The mapping, read once per vault (``fresh`` re-reads: another process may add)."""
@@ -34,16 +41,20 @@ class CredentialVault:
 
     def _read(self) -> dict[str, str]:
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            # Never through a link: a planted one is refused (StorageError), not read.
+            with os.fdopen(open_private(self.path, os.O_RDONLY, create=False), "rb") as f:
+                data = json.loads(f.read())
         except (OSError, ValueError):
             return {}
         return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
     def _save(self, data: dict[str, str]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+        # mkstemp opens O_EXCL|O_NOFOLLOW, and the rename replaces a link at the final name
+        # (never writes through it).
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".credentials-")
         try:
-            os.fchmod(fd, 0o600)
+            os.fchmod(fd, PRIVATE_FILE_MODE)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(data, f)
             os.replace(tmp, self.path)
@@ -60,7 +71,7 @@ class CredentialVault:
         if redacted != url:
             # Always under the lock against a fresh read: another process may have
             # forgotten this URL since this vault last looked.
-            with self._lock:
+            with self._locked():
                 data = dict(self._load(fresh=True))
                 if data.get(redacted) != url:
                     data[redacted] = url
@@ -79,7 +90,7 @@ class CredentialVault:
     def forget(self, urls: list[str | None]) -> None:
         if not self.path.exists():
             return
-        with self._lock:
+        with self._locked():
             data = dict(self._load(fresh=True))
             if any(u in data for u in urls if u):
                 for u in urls:

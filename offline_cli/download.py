@@ -25,7 +25,7 @@ from offline_cli.errors import (
 )
 from offline_cli.listener import OfflineEngineListener
 from offline_cli.models import DownloadEntry, DownloadState, MediaProduct, OfflinedEntry
-from offline_cli.paths import Layout, safe_remove
+from offline_cli.paths import PRIVATE_DIR_MODE, Layout, safe_remove
 
 if TYPE_CHECKING:
     import httpx
@@ -382,7 +382,7 @@ class ProductRun(OfflineEngineListener):
         final_license = layout.final_license_path(key, self.entry.id) if license_result else None
         if final_media.parent.is_symlink():
             final_media.parent.unlink()  # a link planted in the store: never write through it
-        final_media.parent.mkdir(parents=True, exist_ok=True)
+        final_media.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
         if license_result is not None and final_license is not None:
             os.replace(license_result.path, final_license)
         os.replace(media.path, final_media)

@@ -44,7 +44,15 @@ from offline_cli.models import (
     OfflineState,
     ProductType,
 )
-from offline_cli.paths import Layout, default_home, safe_remove, safe_remove_tree
+from offline_cli.paths import (
+    PRIVATE_DIR_MODE,
+    PRIVATE_FILE_MODE,
+    Layout,
+    default_home,
+    safe_remove,
+    safe_remove_tree,
+    touch_private,
+)
 from offline_cli.redaction import redact_url, scrub_urls
 from offline_cli.store import Store
 
@@ -152,9 +160,12 @@ class OfflineEngine:
         self.close()
 
     def _lock(self, product_key: str) -> FileLock:
-        self.layout.locks_dir.mkdir(parents=True, exist_ok=True)
+        self.layout.locks_dir.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+        path = self.layout.lock_path(product_key)
+        # Created here (0600, never through a planted link) so filelock only opens our file.
+        touch_private(path)
         # flock-based: the kernel drops it when the process dies, even on kill -9.
-        return FileLock(self.layout.lock_path(product_key), is_singleton=False)
+        return FileLock(path, mode=PRIVATE_FILE_MODE, is_singleton=False)
 
     def is_running_elsewhere(self, product_key: str) -> bool:
         """True when a live process holds the product's download lock."""

@@ -19,7 +19,7 @@ from offline_cli.models import (
     OfflinedEntry,
     looks_like_url,
 )
-from offline_cli.paths import safe_remove
+from offline_cli.paths import Layout, safe_remove
 
 if TYPE_CHECKING:
     from offline_cli.engine import OfflineEngine
@@ -166,9 +166,14 @@ class ValidationResult:
         return asdict(self)
 
 
+def _open_nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
 def sha256_of(path: Path) -> str:
+    """SHA-256 of a file, never of what a link at ``path`` points to (OSError then)."""
     hasher = hashlib.sha256()
-    with path.open("rb") as f:
+    with open(path, "rb", opener=_open_nofollow) as f:
         while block := f.read(HASH_BLOCK):
             hasher.update(block)
     return hasher.hexdigest()
@@ -181,8 +186,12 @@ def _mtime_ns(path: str) -> int | None:
         return None
 
 
-def full_check(entry: OfflinedEntry, now: float) -> str | None:
-    """None when the product is valid in full (files, sizes, SHA-256, license), else why."""
+def full_check(entry: OfflinedEntry, now: float, layout: Layout | None = None) -> str | None:
+    """None when the product is valid in full (files, sizes, SHA-256, license), else why.
+
+    With ``layout``, a file is only read where the store keeps it: a product folder replaced
+    by a link (or a path leading out of the home) makes the product invalid, unread.
+    """
     checks: list[tuple[str, str | None, int | None, str | None]] = [
         ("media", entry.media_path, entry.size, entry.sha256),
         ("license", entry.license_path, entry.license_size, entry.license_sha256),
@@ -191,12 +200,21 @@ def full_check(entry: OfflinedEntry, now: float) -> str | None:
         if raw is None:
             continue
         path = Path(raw)
+        if path.parent.is_symlink():
+            return f"{name} folder is a symbolic link (not followed)"
+        if layout is not None and not layout.is_inside(path):
+            return f"{name} file lies outside the home (not read)"
         if path.is_symlink() or not path.is_file():
             return f"{name} file missing"
-        if size is not None and path.stat().st_size != size:
-            return f"{name} size {path.stat().st_size} differs from recorded {size}"
-        if digest is not None and sha256_of(path) != digest:
-            return f"{name} SHA-256 differs from the one recorded at download"
+        try:
+            actual = path.lstat().st_size
+            if size is not None and actual != size:
+                return f"{name} size {actual} differs from recorded {size}"
+            if digest is not None and sha256_of(path) != digest:
+                return f"{name} SHA-256 differs from the one recorded at download"
+        except OSError as exc:
+            # Replaced while we looked (a link now): unreadable is not valid.
+            return f"{name} file unreadable: {exc.strerror or exc}"
     if entry.license_expires_at is not None and entry.license_expires_at <= now:
         return LICENSE_EXPIRED
     return None
@@ -229,7 +247,7 @@ class Validator:
         results = [ValidationResult(key, False, "not offlined") for key in missing]
         for index, entry in enumerate(entries, 1):
             mtime_before = _mtime_ns(entry.media_path)
-            reason = full_check(entry, engine._clock())
+            reason = full_check(entry, engine._clock(), engine.layout)
             # Recorded so `state` answers OFFLINED_BUT_NOT_VALID without hashing again, and
             # VALID again once the bytes are proven right (even if the mtime moved).
             fresh_mtime = mtime_before if reason is None else None
@@ -277,7 +295,9 @@ class Validator:
             # The old copy stays as it was (the new one is committed only when complete).
             return ValidationResult(entry.product_key, False, reason, False, str(exc))
         fresh = self.engine.store.get_offlined(entry.product_key)
-        still = full_check(fresh, self.engine._clock()) if fresh else "not offlined"
+        still = (
+            full_check(fresh, self.engine._clock(), self.engine.layout) if fresh else "not offlined"
+        )
         return ValidationResult(entry.product_key, still is None, still or reason, still is None)
 
 

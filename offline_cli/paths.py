@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import tempfile
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +14,9 @@ from offline_cli.errors import StorageError
 
 APP_NAME = "offline-cli"
 HOME_ENV = "OFFLINE_CLI_HOME"
+# Owner only, whatever the umask: licenses and credentials live in the home.
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
 
 
 def default_home() -> Path:
@@ -33,6 +38,68 @@ def product_dir_name(product_key: str) -> str:
     digest = hashlib.sha256(product_key.encode()).hexdigest()[:24]
     readable = "".join(c if c.isalnum() else "-" for c in product_key)[:40].strip("-")
     return f"{readable}-{digest}" if readable else digest
+
+
+def refuse_link(path: Path) -> None:
+    """Raise StorageError when ``path`` is a symbolic link (or anything but a file)."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return
+    if stat.S_ISREG(info.st_mode):
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise StorageError(
+            f"{path} is a symbolic link; offline-cli never follows links to its own files",
+            # Removing a link never touches what it points to.
+            hint=f"remove the link (rm '{path}') if you did not put it there, and try again",
+        )
+    raise StorageError(
+        f"{path} is not a regular file; offline-cli keeps its own file there",
+        hint=f"move it aside (mv '{path}' '{path}.moved') and try again",
+    )
+
+
+def open_private(path: Path, flags: int, *, create: bool = True) -> int:
+    """Open a file of the home, never through a link, creating it 0600 when missing.
+
+    ``flags`` are the os.open access flags (O_RDONLY, O_WRONLY|O_APPEND, ...). A link or
+    anything but a regular file at ``path`` is a StorageError naming it; without ``create``
+    a missing file is FileNotFoundError.
+    """
+    # O_NONBLOCK: a FIFO planted at the path must not hang the open (it is refused below).
+    nofollow = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+    try:
+        fd = os.open(path, flags | nofollow, PRIVATE_FILE_MODE)
+    except OSError:
+        refuse_link(path)  # ELOOP (EMLINK on BSD) for a link: say so, naming the path
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            refuse_link(path)
+        if info.st_mode & 0o077:
+            # Made by an older release (or another umask): only the owner reads our files.
+            with suppress(OSError):
+                os.fchmod(fd, PRIVATE_FILE_MODE)
+        # Blocking again, as a plain open would be (the flag only guarded the open itself).
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def touch_private(path: Path) -> None:
+    """Make sure ``path`` is a private regular file of the home (created 0600 when missing)."""
+    os.close(open_private(path, os.O_RDONLY))
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir()) if folder.is_dir() and not folder.is_symlink() else []
+    except OSError:
+        return []
 
 
 @dataclass(frozen=True)
@@ -81,8 +148,18 @@ class Layout:
     def lock_path(self, product_key: str) -> Path:
         return self.locks_dir / f"{product_dir_name(product_key)}.lock"
 
+    @property
+    def database_companions(self) -> tuple[Path, ...]:
+        """The files SQLite keeps beside the database (WAL mode; a journal after a crash)."""
+        return tuple(self.home / f"offline.db{suffix}" for suffix in ("-wal", "-shm", "-journal"))
+
+    @property
+    def credentials_lock(self) -> Path:
+        return self.home / "credentials.json.lock"
+
     def ensure(self) -> None:
-        """Create the folders, or raise StorageError when the home is not writable."""
+        """Create the folders (0700) and the database file (0600), or raise StorageError when
+        the home is not writable or holds a link where offline-cli keeps its own files."""
         if self.home.exists() and not self.home.is_dir():
             raise StorageError(
                 f"home folder {self.home} is not a folder",
@@ -95,12 +172,27 @@ class Layout:
                     f"{folder} is a symbolic link; offline-cli keeps everything inside its home",
                     hint=f"replace the link by a folder, or point ${HOME_ENV} at the real place",
                 )
+        # SQLite and filelock open these by name and follow a link: the file it points at,
+        # anywhere on the disk, would be written (a lock file even truncated).
+        for path in (
+            self.database,
+            *self.database_companions,
+            self.credentials_file,
+            self.credentials_lock,
+            *_entries(self.locks_dir),
+        ):
+            refuse_link(path)
         try:
             for folder in (self.home, self.store_dir, self.partial_dir, self.locks_dir):
-                folder.mkdir(parents=True, exist_ok=True)
-            probe = self.home / f".write-probe-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
+                # 0700 whatever the umask: licenses and credentials live here.
+                folder.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+            # mkstemp creates with O_EXCL|O_NOFOLLOW and 0600: a planted link is never opened.
+            fd, probe = tempfile.mkstemp(dir=self.home, prefix=".write-probe-")
+            os.close(fd)
+            os.unlink(probe)
+            # SQLite creates the -wal and -shm files with the database's mode, so creating
+            # the database here (0600, never through a link) makes all three private.
+            touch_private(self.database)
         except OSError as exc:
             raise StorageError(
                 f"home folder {self.home} is not writable: {exc.strerror or exc}",

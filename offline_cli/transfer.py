@@ -33,6 +33,7 @@ from offline_cli.errors import (
     UnknownDownloadError,
 )
 from offline_cli.models import human_bytes
+from offline_cli.paths import open_private
 from offline_cli.redaction import redact_url
 
 CHUNK_SIZE = 64 * 1024
@@ -251,7 +252,7 @@ class Transfer:
 
     def _hash_existing(self, length: int) -> hashlib._Hash:
         hasher = hashlib.sha256()
-        with self.partial_path.open("rb") as f:
+        with os.fdopen(open_private(self.partial_path, os.O_RDONLY, create=False), "rb") as f:
             remaining = length
             while remaining > 0:
                 block = f.read(min(HASH_READ_SIZE, remaining))
@@ -524,7 +525,9 @@ class Transfer:
         done = offset
         speed = _SpeedFloor(self.min_speed, self.stall_timeout_s, self.monotonic)
         try:
-            with self.partial_path.open("ab" if offset else "wb") as out:
+            # 0600 and never through a link planted after the check in attempt().
+            flags = os.O_WRONLY | (os.O_APPEND if offset else os.O_TRUNC)
+            with os.fdopen(open_private(self.partial_path, flags), "ab" if offset else "wb") as out:
                 out.truncate(offset)
                 for raw in response.iter_raw():
                     self.stats.bytes_fetched += len(raw)
