@@ -43,6 +43,7 @@ from offline_cli.models import (
     parse_product_name,
 )
 from offline_cli.paths import HOME_ENV, default_home
+from offline_cli.redaction import escape_controls
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -123,19 +124,20 @@ _output = _Output()
 
 
 def _print_error(message: str) -> None:
-    sys.stderr.write(f"{PROG}: error: {message}\n")
+    sys.stderr.write(f"{PROG}: error: {escape_controls(message)}\n")
     sys.stderr.flush()
 
 
 def _say(message: str) -> None:
     """A human line on stderr, unless -q."""
     if not _output.quiet:
-        sys.stderr.write(message + "\n")
+        sys.stderr.write(escape_controls(message) + "\n")
         sys.stderr.flush()
 
 
 def _data(line: str) -> None:
-    sys.stdout.write(line + "\n")
+    # Tabs separate fields and newlines end JSON lines; other controls in a name are escaped.
+    sys.stdout.write(escape_controls(line, keep="\t\n") + "\n")
 
 
 def _error_line(exc: OfflineError) -> str:
@@ -170,7 +172,8 @@ class _HumanEvents(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", {})
         detail = " ".join(f"{k}={v}" for k, v in fields.items())
-        return f"{PROG}: {getattr(record, 'event', record.getMessage())} {detail}".rstrip()
+        line = f"{PROG}: {getattr(record, 'event', record.getMessage())} {detail}".rstrip()
+        return escape_controls(line)
 
 
 def _setup_logging(verbose: bool, log_file: str | None) -> None:
@@ -212,7 +215,9 @@ class _Reporter(OfflineEngineListener):
     def offlining_started(self, product: MediaProduct) -> None:
         self.started_at[product.key] = time.monotonic()
         if self.progress is not None:
-            self.tasks[product.key] = self.progress.add_task(product.key, total=None)
+            self.tasks[product.key] = self.progress.add_task(
+                escape_controls(product.key), total=None
+            )
         else:
             _say(f"{product.key}: downloading")
 
@@ -258,7 +263,8 @@ class _Reporter(OfflineEngineListener):
 
     def _note(self, product: MediaProduct, text: str) -> None:
         if self.progress is not None and product.key in self.tasks:
-            self.progress.update(self.tasks[product.key], description=f"{product.key} ({text})")
+            description = escape_controls(f"{product.key} ({text})")
+            self.progress.update(self.tasks[product.key], description=description)
         else:
             _say(f"{product.key}: {text}")
 
@@ -268,7 +274,7 @@ class _Reporter(OfflineEngineListener):
             self.progress.remove_task(task)
         if line:
             if self.progress is not None:
-                self.progress.console.print(line, highlight=False)
+                self.progress.console.print(escape_controls(line), highlight=False, markup=False)
             else:
                 _say(line)
 
@@ -290,7 +296,7 @@ def _reporting() -> Iterator[_Reporter]:
     )
 
     with Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # names are not rich markup
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from filelock import FileLock
@@ -66,6 +67,51 @@ class CredentialVault:
                     data[redacted] = url
                     self._save(data)
         return redacted
+
+    def rename_by_current_rule(self, stored: Iterable[str]) -> dict[str, str]:
+        """The new name of each stored URL whose redacted form today's rule writes otherwise.
+
+        ``stored`` are URLs as an older release wrote them to the database, redacted by its
+        rule. Each is turned back into the full URL through the vault when the vault has it
+        (else taken as it is) and redacted again by today's rule; the vault learns the full
+        URL under each new name. Returns old -> new for the names that change; the caller
+        forgets the old names once the database no longer uses them.
+        """
+        urls = sorted(set(stored))
+        plan = self._renaming_plan(urls, self._load(fresh=True))
+        if plan[1]:
+            with self._lock:  # another process may seal or forget meanwhile
+                data = dict(self._load(fresh=True))
+                renamed, additions = self._renaming_plan(urls, data)
+                data.update(additions)
+                self._save(data)
+                return renamed
+        return plan[0]
+
+    @staticmethod
+    def _renaming_plan(
+        urls: list[str], data: dict[str, str]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        fulls_of: dict[str, set[str]] = {}
+        derived: dict[str, tuple[str, str]] = {}
+        for old in urls:
+            full = data.get(old, old)
+            new = redact_url(full)
+            derived[old] = (full, new)
+            fulls_of.setdefault(new, set()).add(full)
+        renamed: dict[str, str] = {}
+        additions: dict[str, str] = {}
+        for old, (full, new) in derived.items():
+            if len(fulls_of[new]) > 1 or data.get(new, full) != full:
+                # Two different URLs would share the new name (say ``?code=1`` and
+                # ``?code=2``, stored apart before ``code`` became a credential): keep both
+                # names, so neither is ever fetched from the other's URL.
+                continue
+            if new != old:
+                renamed[old] = new
+            if new != full and data.get(new) != full:
+                additions[new] = full
+        return renamed, additions
 
     def reveal(self, url: str | None) -> str | None:
         """The full URL for a redacted one (unchanged when it had no credentials)."""
