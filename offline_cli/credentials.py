@@ -72,41 +72,39 @@ class CredentialVault:
         """The new name of each stored URL whose redacted form today's rule writes otherwise.
 
         ``stored`` are URLs as an older release wrote them to the database, redacted by its
-        rule. Each is turned back into the full URL through the vault when the vault has it
-        (else taken as it is) and redacted again by today's rule; the vault learns the full
-        URL under each new name. Returns old -> new for the names that change; the caller
-        forgets the old names once the database no longer uses them.
+        rule, most wanted first. Each is turned back into the full URL through the vault
+        when the vault has it (else taken as it is) and redacted again by today's rule; the
+        vault learns the full URL under each new name. When two different full URLs would
+        get one new name, the first in ``stored`` takes it and the others keep their old
+        names, so no product is ever fetched from another's URL. Returns old -> new for the
+        names that change; the caller forgets the old ones once the database drops them.
         """
-        urls = sorted(set(stored))
-        plan = self._renaming_plan(urls, self._load(fresh=True))
-        if plan[1]:
+        urls = list(dict.fromkeys(stored))
+        renamed, additions = self._renaming_plan(urls, self._load(fresh=True))
+        if additions:
             with self._lock:  # another process may seal or forget meanwhile
                 data = dict(self._load(fresh=True))
                 renamed, additions = self._renaming_plan(urls, data)
                 data.update(additions)
                 self._save(data)
-                return renamed
-        return plan[0]
+        return renamed
 
     @staticmethod
     def _renaming_plan(
         urls: list[str], data: dict[str, str]
     ) -> tuple[dict[str, str], dict[str, str]]:
-        fulls_of: dict[str, set[str]] = {}
-        derived: dict[str, tuple[str, str]] = {}
-        for old in urls:
-            full = data.get(old, old)
-            new = redact_url(full)
-            derived[old] = (full, new)
-            fulls_of.setdefault(new, set()).add(full)
+        derived = {old: (data.get(old, old), redact_url(data.get(old, old))) for old in urls}
+        # Who owns each new name, first: vault entries already named by today's rule, and
+        # stored names that today's rule keeps as they are.
+        owner = {name: full for name, full in data.items() if redact_url(full) == name}
+        for old, (full, new) in derived.items():
+            if new == old:
+                owner.setdefault(new, full)
         renamed: dict[str, str] = {}
         additions: dict[str, str] = {}
         for old, (full, new) in derived.items():
-            if len(fulls_of[new]) > 1 or data.get(new, full) != full:
-                # Two different URLs would share the new name (say ``?code=1`` and
-                # ``?code=2``, stored apart before ``code`` became a credential): keep both
-                # names, so neither is ever fetched from the other's URL.
-                continue
+            if owner.setdefault(new, full) != full:
+                continue  # another URL owns the name (e.g. ``?code=1`` before ``?code=2``)
             if new != old:
                 renamed[old] = new
             if new != full and data.get(new) != full:

@@ -350,15 +350,18 @@ class Store:
         ``auth``, so ``?keyword=cats`` and ``?keyword=dogs`` shared one name. The vault
         still holds the full URL behind each such name, so the name is derived again from
         it; a URL the vault does not know keeps its name (unless it holds a value today's
-        rule hides, which then moves into the vault). Two old products that would now share
-        one name both keep their old names: merging them is not this migration's call.
+        rule hides, which then moves into the vault). Two old products are never merged.
         """
         execute = self._db.execute_sql
-        downloads = execute(
-            "SELECT id, product_key, media_url, license_url, resume_info FROM download_entries"
-        ).fetchall()
+        # Most wanted first: when two old names would now share one, the product completed
+        # last takes it (a new `offline` of the URL then finds it), the others keep theirs.
         offlined = execute(
             "SELECT product_key, source_url, license_url FROM offlined_entries"
+            " ORDER BY completed_at DESC"
+        ).fetchall()
+        downloads = execute(
+            "SELECT id, product_key, media_url, license_url, resume_info FROM download_entries"
+            " ORDER BY updated_at DESC"
         ).fetchall()
         keys = {str(row[1]) for row in downloads} | {str(row[0]) for row in offlined}
         checkpoints: dict[str, dict[str, Any]] = {}
@@ -369,17 +372,18 @@ class Store:
                 continue  # unreadable bookkeeping: the transfer starts that file over
             if isinstance(info, dict):
                 checkpoints[str(row[0])] = info
-        urls = {u for u in keys if looks_like_url(u)}
-        for row in downloads:
-            urls.update(u for u in (row[2], row[3]) if isinstance(u, str))
+        urls: list[str] = []
         for row in offlined:
-            urls.update(u for u in (row[1], row[2]) if isinstance(u, str))
+            urls.extend(u for u in (row[0], row[1], row[2]) if isinstance(u, str))
+        for row in downloads:
+            urls.extend(u for u in (row[1], row[2], row[3]) if isinstance(u, str))
         for info in checkpoints.values():
-            urls.update(
+            urls.extend(
                 part["url"]
                 for part in info.values()
                 if isinstance(part, dict) and isinstance(part.get("url"), str)
             )
+        urls = [u for u in urls if looks_like_url(u)]
         try:
             renamed = vault.rename_by_current_rule(urls)
         except OSError as exc:

@@ -408,8 +408,9 @@ def test_schema_2_products_that_would_now_share_a_name_are_not_merged(
     cli: Callable[..., Any], home: Path, httpserver: HTTPServer
 ) -> None:
     """``code`` was not a credential before, so ``?code=1`` and ``?code=2`` were two stored
-    products under their raw URLs; today both would be named ``?code=REDACTED``. Both keep
-    their names and URLs, so neither is ever fetched from the other's URL."""
+    products under their raw URLs; today both are named ``?code=REDACTED``. The one completed
+    last takes that name, the other keeps its own, and neither is ever fetched from the
+    other's URL."""
     _by_query(httpserver)
     first = httpserver.url_for("/export") + "?code=1"
     second = httpserver.url_for("/export") + "?code=2"
@@ -421,15 +422,16 @@ def test_schema_2_products_that_would_now_share_a_name_are_not_merged(
     Layout(home).credentials_file.write_text("{}", encoding="utf-8")
     assert cli("state").exit_code == 0
     assert _user_version(home) == SCHEMA_VERSION
-    assert _keys(home) == sorted([first, second])
-    checked = cli("validate")
-    assert checked.exit_code == 0, checked.output
-    assert sorted(checked.stdout.splitlines()) == sorted([f"{first}\tVALID", f"{second}\tVALID"])
+    shared = redact_url(second)
+    assert _keys(home) == sorted([first, shared])
+    assert json.loads(Layout(home).credentials_file.read_text()) == {shared: second}
     conn = sqlite3.connect(home / "offline.db")
     sources = dict(conn.execute("SELECT product_key, source_url FROM offlined_entries"))
     conn.close()
-    assert sources == {first: first, second: second}
-    assert (
-        not Layout(home).credentials_file.exists()
-        or json.loads(Layout(home).credentials_file.read_text()) == {}
-    )
+    assert sources == {first: first, shared: shared}
+    checked = cli("validate", "--repair")
+    assert checked.exit_code == 0, checked.output
+    assert sorted(checked.stdout.splitlines()) == sorted([f"{first}\tVALID", f"{shared}\tVALID"])
+    # today's rule: any ``?code=`` URL of that file is the product completed last
+    again = cli("offline", first)
+    assert again.exit_code == 0 and "already offline and valid" in again.stderr
