@@ -371,8 +371,10 @@ def _read_product_lines(source: str) -> list[str]:
     except UnicodeDecodeError:
         raise UsageError(f"cannot read -i {source}: not UTF-8 text") from None
     lines = []
-    for raw in text.splitlines():
-        line = raw.strip()
+    # Only "\n" ends a line: splitlines() and strip() would also split at or drop controls
+    # such as U+0085 and U+001E, and a URL holding one must be refused, not cut in two.
+    for raw in text.split("\n"):
+        line = raw.strip(" \t\r")
         if line and not line.startswith("#"):
             lines.append(line)
     return lines

@@ -190,6 +190,21 @@ def test_url_with_escape_sequence_is_refused_as_argument_and_in_list_file(
     assert cli("state").stdout == ""
 
 
+@pytest.mark.parametrize("separator", ["\x85", "\x1e", "\u2028", "\x0b", "\x0c"])
+def test_a_control_in_a_list_file_line_is_refused_not_taken_as_a_line_break(
+    cli: Callable[..., Any], home: Path, tmp_path: Path, httpserver: HTTPServer, separator: str
+) -> None:
+    httpserver.expect_request("/a").respond_with_data(b"a")
+    httpserver.expect_request("/b").respond_with_data(b"b")
+    listing = tmp_path / "list.txt"
+    line = httpserver.url_for("/a") + separator + httpserver.url_for("/b")
+    listing.write_text(line + "\n", encoding="utf-8")
+    result = cli("offline", "-i", str(listing))
+    assert result.exit_code == 2, result.output
+    assert "control characters" in result.stderr
+    assert len(httpserver.log) == 0
+
+
 def test_a_stored_name_with_controls_prints_escaped(cli: Callable[..., Any], home: Path) -> None:
     """An entry left by the old crash path (issue 7, item 15) must not drive the terminal."""
     assert cli("state").exit_code == 0  # creates the store
