@@ -29,6 +29,7 @@ from offline_cli.models import (
     looks_like_url,
 )
 from offline_cli.paths import Layout
+from offline_cli.redaction import scrub_urls
 
 # Version 1 is the first release: download and offlined entries. Version 2 adds resume
 # bookkeeping, cancellation, validation marks, metrics and settings. Version 3 renames URL
@@ -391,6 +392,7 @@ class Store:
                 f"cannot update the credentials file {vault.path}: {exc.strerror or exc}",
                 hint="make the home folder writable, then run the command again",
             ) from exc
+        self._scrub_history(keys)
         if not renamed:
             return renamed
 
@@ -434,6 +436,26 @@ class Store:
                     [json.dumps(info), download_id],
                 )
         return renamed
+
+    def _scrub_history(self, live_keys: set[str]) -> None:
+        """Hide, by today's rule, credentials in recorded errors and in the metrics of
+        products no longer stored (``pwd=...`` was kept in clear before version 3)."""
+        execute = self._db.execute_sql
+        for table, column, rowid in (
+            ("download_entries", "last_error", "id"),
+            ("metric_events", "detail", "id"),
+            ("metric_events", "product_key", "id"),
+        ):
+            for row_id, text in execute(
+                f"SELECT {rowid}, {column} FROM {table} WHERE {column} LIKE '%://%'"
+            ).fetchall():
+                if not isinstance(text, str) or (column == "product_key" and text in live_keys):
+                    continue
+                scrubbed = scrub_urls(text)
+                if scrubbed != text:
+                    execute(
+                        f"UPDATE {table} SET {column} = ? WHERE {rowid} = ?", [scrubbed, row_id]
+                    )
 
     def _migrate_1_to_2(self) -> None:
         migrator = SqliteMigrator(self._db)

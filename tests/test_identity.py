@@ -406,7 +406,17 @@ def test_schema_2_raw_values_the_new_rule_hides_move_into_the_vault(
     url = httpserver.url_for("/export") + f"?pwd={SECRET}"
     assert cli("offline", url).exit_code == 0
     _make_schema_2(home, [url])
-    assert SECRET.encode() in _store_bytes(home)  # what the old release left
+    # what the old release also left in clear: an error quoting the URL, and the metrics of
+    # a product deleted since
+    conn = sqlite3.connect(home / "offline.db")
+    conn.execute("UPDATE download_entries SET last_error = ?", (f"HTTP 503 from {url}",))
+    conn.execute(
+        "INSERT INTO metric_events (at, event, product_key, detail) VALUES (1, 'failed', ?, ?)",
+        (f"https://gone.example/x?pwd={SECRET}", f"cannot fetch https://u:{SECRET}@gone/"),
+    )
+    conn.commit()
+    conn.close()
+    assert SECRET.encode() in _store_bytes(home)
     assert cli("state").exit_code == 0
     conn = sqlite3.connect(home / "offline.db")
     conn.execute("VACUUM")  # the old pages may linger in free space until then
