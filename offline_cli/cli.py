@@ -44,6 +44,7 @@ from offline_cli.models import (
     parse_product_name,
 )
 from offline_cli.paths import HOME_ENV, PRIVATE_FILE_MODE, default_home
+from offline_cli.redaction import escape_controls
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -124,19 +125,20 @@ _output = _Output()
 
 
 def _print_error(message: str) -> None:
-    sys.stderr.write(f"{PROG}: error: {message}\n")
+    sys.stderr.write(f"{PROG}: error: {escape_controls(message)}\n")
     sys.stderr.flush()
 
 
 def _say(message: str) -> None:
     """A human line on stderr, unless -q."""
     if not _output.quiet:
-        sys.stderr.write(message + "\n")
+        sys.stderr.write(escape_controls(message) + "\n")
         sys.stderr.flush()
 
 
 def _data(line: str) -> None:
-    sys.stdout.write(line + "\n")
+    # Tabs separate fields and newlines end JSON lines; other controls in a name are escaped.
+    sys.stdout.write(escape_controls(line, keep="\t\n") + "\n")
 
 
 def _error_line(exc: OfflineError) -> str:
@@ -171,7 +173,8 @@ class _HumanEvents(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", {})
         detail = " ".join(f"{k}={v}" for k, v in fields.items())
-        return f"{PROG}: {getattr(record, 'event', record.getMessage())} {detail}".rstrip()
+        line = f"{PROG}: {getattr(record, 'event', record.getMessage())} {detail}".rstrip()
+        return escape_controls(line)
 
 
 def _setup_logging(verbose: bool, log_file: str | None) -> None:
@@ -215,7 +218,9 @@ class _Reporter(OfflineEngineListener):
     def offlining_started(self, product: MediaProduct) -> None:
         self.started_at[product.key] = time.monotonic()
         if self.progress is not None:
-            self.tasks[product.key] = self.progress.add_task(product.key, total=None)
+            self.tasks[product.key] = self.progress.add_task(
+                escape_controls(product.key), total=None
+            )
         else:
             _say(f"{product.key}: downloading")
 
@@ -261,7 +266,8 @@ class _Reporter(OfflineEngineListener):
 
     def _note(self, product: MediaProduct, text: str) -> None:
         if self.progress is not None and product.key in self.tasks:
-            self.progress.update(self.tasks[product.key], description=f"{product.key} ({text})")
+            description = escape_controls(f"{product.key} ({text})")
+            self.progress.update(self.tasks[product.key], description=description)
         else:
             _say(f"{product.key}: {text}")
 
@@ -271,7 +277,7 @@ class _Reporter(OfflineEngineListener):
             self.progress.remove_task(task)
         if line:
             if self.progress is not None:
-                self.progress.console.print(line, highlight=False)
+                self.progress.console.print(escape_controls(line), highlight=False, markup=False)
             else:
                 _say(line)
 
@@ -293,7 +299,7 @@ def _reporting() -> Iterator[_Reporter]:
     )
 
     with Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # names are not rich markup
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
@@ -368,8 +374,10 @@ def _read_product_lines(source: str) -> list[str]:
     except UnicodeDecodeError:
         raise UsageError(f"cannot read -i {source}: not UTF-8 text") from None
     lines = []
-    for raw in text.splitlines():
-        line = raw.strip()
+    # Only "\n" ends a line: splitlines() and strip() would also split at or drop controls
+    # such as U+0085 and U+001E, and a URL holding one must be refused, not cut in two.
+    for raw in text.split("\n"):
+        line = raw.strip(" \t\r")
         if line and not line.startswith("#"):
             lines.append(line)
     return lines

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from filelock import FileLock
@@ -77,6 +78,49 @@ class CredentialVault:
                     data[redacted] = url
                     self._save(data)
         return redacted
+
+    def rename_by_current_rule(self, stored: Iterable[str]) -> dict[str, str]:
+        """The new name of each stored URL whose redacted form today's rule writes otherwise.
+
+        ``stored`` are URLs as an older release wrote them to the database, redacted by its
+        rule, most wanted first. Each is turned back into the full URL through the vault
+        when the vault has it (else taken as it is) and redacted again by today's rule; the
+        vault learns the full URL under each new name. When two different full URLs would
+        get one new name, the first in ``stored`` takes it and the others keep their old
+        names, so no product is ever fetched from another's URL. Returns old -> new for the
+        names that change; the caller forgets the old ones once the database drops them.
+        """
+        urls = list(dict.fromkeys(stored))
+        renamed, additions = self._renaming_plan(urls, self._load(fresh=True))
+        if additions:
+            with self._lock:  # another process may seal or forget meanwhile
+                data = dict(self._load(fresh=True))
+                renamed, additions = self._renaming_plan(urls, data)
+                data.update(additions)
+                self._save(data)
+        return renamed
+
+    @staticmethod
+    def _renaming_plan(
+        urls: list[str], data: dict[str, str]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        derived = {old: (data.get(old, old), redact_url(data.get(old, old))) for old in urls}
+        # Who owns each new name, first: vault entries already named by today's rule, and
+        # stored names that today's rule keeps as they are.
+        owner = {name: full for name, full in data.items() if redact_url(full) == name}
+        for old, (full, new) in derived.items():
+            if new == old:
+                owner.setdefault(new, full)
+        renamed: dict[str, str] = {}
+        additions: dict[str, str] = {}
+        for old, (full, new) in derived.items():
+            if owner.setdefault(new, full) != full:
+                continue  # another URL owns the name (e.g. ``?code=1`` before ``?code=2``)
+            if new != old:
+                renamed[old] = new
+            if new != full and data.get(new) != full:
+                additions[new] = full
+        return renamed, additions
 
     def reveal(self, url: str | None) -> str | None:
         """The full URL for a redacted one (unchanged when it had no credentials)."""

@@ -22,7 +22,7 @@ httpx exceptions never cross the transport edge: ``transfer.py`` wraps them (``r
 
 from __future__ import annotations
 
-from offline_cli.redaction import scrub_urls
+from offline_cli.redaction import escape_controls, scrub_urls
 
 
 class OfflineError(Exception):
@@ -38,13 +38,14 @@ class OfflineError(Exception):
         url: str | None = None,
         hint: str | None = None,
     ) -> None:
-        # Messages end up on terminals, in logs and in the database: never with credentials.
-        message = scrub_urls(message)
+        # Messages end up on terminals, in logs and in the database: never with credentials,
+        # and never with raw control characters (they quote names and server answers).
+        message = _displayable(message)
         super().__init__(message)
         self.message = message
-        self.product = scrub_urls(product) if product else product
+        self.product = _displayable(product) if product else product
         self.url = url
-        self.hint = scrub_urls(hint) if hint else hint
+        self.hint = _displayable(hint) if hint else hint
 
     def __str__(self) -> str:
         if self.product and not self.message.startswith(self.product):
@@ -54,8 +55,12 @@ class OfflineError(Exception):
     def with_product(self, product: str) -> OfflineError:
         """Attach the product name when the raiser did not know it."""
         if self.product is None:
-            self.product = product
+            self.product = _displayable(product)
         return self
+
+
+def _displayable(text: str) -> str:
+    return escape_controls(scrub_urls(text))
 
 
 class UsageError(OfflineError):

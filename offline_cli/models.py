@@ -9,7 +9,7 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 from offline_cli.errors import UsageError
-from offline_cli.redaction import redact_url
+from offline_cli.redaction import has_controls, redact_url
 
 
 class ProductType(enum.Enum):
@@ -125,7 +125,7 @@ class MediaProduct:
 
 def parse_product_name(text: str) -> tuple[ProductType, str]:
     """Parse ``TYPE:ID`` into its parts, or raise UsageError naming the problem."""
-    match = _PRODUCT_RE.match(text)
+    match = _PRODUCT_RE.fullmatch(text)  # fullmatch: ``$`` alone lets a final newline in
     if match is None:
         raise UsageError(
             f"malformed product {text!r}",
@@ -149,6 +149,13 @@ def looks_like_url(text: str) -> bool:
 
 def check_url(text: str) -> str:
     """Return ``text`` when it is an http(s) URL with a host, else raise UsageError."""
+    if has_controls(text):
+        # Refused before anything else: httpx rejects them only when fetching (after an
+        # entry exists), and a name holding ESC would rewrite the terminal when printed.
+        raise UsageError(
+            f"malformed URL {text!r}: it contains control characters",
+            hint="remove escape sequences, NUL and other control characters from the URL",
+        )
     try:
         parts = urlsplit(text)
         port = parts.port  # raises ValueError on a malformed port

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -16,6 +17,7 @@ from typing import Any
 import peewee
 from playhouse.migrate import SqliteMigrator, migrate
 
+from offline_cli.credentials import CredentialVault
 from offline_cli.errors import StorageError
 from offline_cli.models import (
     ALLOWED_TRANSITIONS,
@@ -24,11 +26,16 @@ from offline_cli.models import (
     ErrorKind,
     OfflinedEntry,
     ProductType,
+    looks_like_url,
 )
+from offline_cli.paths import Layout
+from offline_cli.redaction import scrub_urls
 
 # Version 1 is the first release: download and offlined entries. Version 2 adds resume
-# bookkeeping, cancellation, validation marks, metrics and settings. Migrations only add.
-SCHEMA_VERSION = 2
+# bookkeeping, cancellation, validation marks, metrics and settings. Version 3 renames URL
+# products and stored URLs by the whole-name credential rule (redaction.py); the tables
+# are unchanged. Migrations only add or rename.
+SCHEMA_VERSION = 3
 DEFAULT_BUSY_TIMEOUT_S = 30.0
 
 _database = peewee.DatabaseProxy()
@@ -309,16 +316,146 @@ class Store:
             )
         if version == SCHEMA_VERSION:
             return
+        # The vault of this home: the credentials of the URLs the database names.
+        vault = CredentialVault(Layout(self.path.parent).credentials_file)
+        renamed: dict[str, str] = {}
         with self._db.atomic():
+            # Read again under the write lock: another process may have migrated meanwhile.
+            version = self._db.execute_sql("PRAGMA user_version").fetchone()[0]
+            if version == SCHEMA_VERSION:
+                return
             if version == 0:
                 self._db.create_tables([_DownloadRow, _OfflinedRow, _MetricRow, _SettingRow])
             else:
-                self._migrate_1_to_2()
+                if version == 1:
+                    self._migrate_1_to_2()
+                renamed = self._migrate_2_to_3(vault)
             self._db.execute_sql(
                 "CREATE INDEX IF NOT EXISTS download_entries_product_state "
                 "ON download_entries (product_key, state)"
             )
             self._db.execute_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        # Only now that the database names the new forms: the old names were vault keys
+        # for the same full URLs, and a later delete forgets only the new ones.
+        still_used = set(renamed.values())
+        stale: list[str | None] = [old for old in renamed if old not in still_used]
+        if stale:
+            # A leftover old name is harmless (nothing refers to it), so a failure is not fatal.
+            with contextlib.suppress(OSError):
+                vault.forget(stale)
+
+    def _migrate_2_to_3(self, vault: CredentialVault) -> dict[str, str]:
+        """Rename URL products and stored URLs by today's redaction rule; return old -> new.
+
+        Version 2 hid every parameter whose name merely contained a word like ``key`` or
+        ``auth``, so ``?keyword=cats`` and ``?keyword=dogs`` shared one name. The vault
+        still holds the full URL behind each such name, so the name is derived again from
+        it; a URL the vault does not know keeps its name (unless it holds a value today's
+        rule hides, which then moves into the vault). Two old products are never merged.
+        """
+        execute = self._db.execute_sql
+        # Most wanted first: when two old names would now share one, the product completed
+        # last takes it (a new `offline` of the URL then finds it), the others keep theirs.
+        offlined = execute(
+            "SELECT product_key, source_url, license_url FROM offlined_entries"
+            " ORDER BY completed_at DESC"
+        ).fetchall()
+        downloads = execute(
+            "SELECT id, product_key, media_url, license_url, resume_info FROM download_entries"
+            " ORDER BY updated_at DESC"
+        ).fetchall()
+        keys = {str(row[1]) for row in downloads} | {str(row[0]) for row in offlined}
+        checkpoints: dict[str, dict[str, Any]] = {}
+        for row in downloads:
+            try:
+                info = json.loads(row[4] or "{}")
+            except (TypeError, ValueError):
+                continue  # unreadable bookkeeping: the transfer starts that file over
+            if isinstance(info, dict):
+                checkpoints[str(row[0])] = info
+        urls: list[str] = []
+        for row in offlined:
+            urls.extend(u for u in (row[0], row[1], row[2]) if isinstance(u, str))
+        for row in downloads:
+            urls.extend(u for u in (row[1], row[2], row[3]) if isinstance(u, str))
+        for info in checkpoints.values():
+            urls.extend(
+                part["url"]
+                for part in info.values()
+                if isinstance(part, dict) and isinstance(part.get("url"), str)
+            )
+        urls = [u for u in urls if looks_like_url(u)]
+        try:
+            renamed = vault.rename_by_current_rule(urls)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot update the credentials file {vault.path}: {exc.strerror or exc}",
+                hint="make the home folder writable, then run the command again",
+            ) from exc
+        self._scrub_history(keys)
+        if not renamed:
+            return renamed
+
+        new_names: dict[str, list[str]] = {}
+        for key in keys:
+            if key in renamed:
+                new_names.setdefault(renamed[key], []).append(key)
+        for new, olds in new_names.items():
+            if len(olds) != 1 or new in keys:
+                continue  # would merge two products
+            old = olds[0]
+            for table in ("download_entries", "offlined_entries", "metric_events"):
+                # A URL product's id is its name; a TYPE:ID product's id stays.
+                id_update = (
+                    ", product_id = CASE WHEN product_id = ? THEN ? ELSE product_id END"
+                    if table != "metric_events"
+                    else ""
+                )
+                params = [new, old, new] if id_update else [new]
+                execute(
+                    f"UPDATE {table} SET product_key = ?{id_update} WHERE product_key = ?",
+                    [*params, old],
+                )
+        for old, new in renamed.items():
+            for table, column in (
+                ("download_entries", "media_url"),
+                ("download_entries", "license_url"),
+                ("offlined_entries", "source_url"),
+                ("offlined_entries", "license_url"),
+            ):
+                execute(f"UPDATE {table} SET {column} = ? WHERE {column} = ?", [new, old])
+        for download_id, info in checkpoints.items():
+            changed = False
+            for part in info.values():
+                if isinstance(part, dict) and part.get("url") in renamed:
+                    part["url"] = renamed[part["url"]]
+                    changed = True
+            if changed:
+                execute(
+                    "UPDATE download_entries SET resume_info = ? WHERE id = ?",
+                    [json.dumps(info), download_id],
+                )
+        return renamed
+
+    def _scrub_history(self, live_keys: set[str]) -> None:
+        """Hide, by today's rule, credentials in recorded errors and in the metrics of
+        products no longer stored (``pwd=...`` was kept in clear before version 3)."""
+        execute = self._db.execute_sql
+        for table, column, rowid in (
+            ("download_entries", "last_error", "id"),
+            ("metric_events", "detail", "id"),
+            ("metric_events", "product_key", "id"),
+        ):
+            for row_id, text in execute(
+                f"SELECT {rowid}, {column} FROM {table} WHERE {column} LIKE '%://%'"
+            ).fetchall():
+                if not isinstance(text, str) or (column == "product_key" and text in live_keys):
+                    continue
+                scrubbed = scrub_urls(text)
+                if scrubbed != text:
+                    execute(
+                        f"UPDATE {table} SET {column} = ? WHERE {rowid} = ?", [scrubbed, row_id]
+                    )
 
     def _migrate_1_to_2(self) -> None:
         migrator = SqliteMigrator(self._db)
