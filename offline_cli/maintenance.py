@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from offline_cli.errors import OfflineError
+from offline_cli.errors import OfflineError, StoreUnwritable
 from offline_cli.models import (
     LICENSE_EXPIRED,
     DownloadState,
@@ -306,7 +306,10 @@ class Validator:
                 reason != entry.invalid_reason
                 or (fresh_mtime is not None and fresh_mtime != entry.mtime_ns)
             ):
-                store.set_invalid_reason(entry.product_key, reason, mtime_ns=fresh_mtime)
+                try:
+                    store.set_invalid_reason(entry.product_key, reason, mtime_ns=fresh_mtime)
+                except StoreUnwritable as exc:  # a full disk: the verdict stands unrecorded
+                    engine._event("verdict_not_recorded", product=entry.product_key, error=str(exc))
             result = ValidationResult(entry.product_key, reason is None, reason)
             if reason is not None and repair:
                 result = self._repair(entry, reason)

@@ -658,13 +658,6 @@ class Store:
             rows = list(_OfflinedRow.select().order_by(_OfflinedRow.completed_at))
         return self._offlined(rows)
 
-    def delete_offlined(self, product_key: str) -> bool:
-        with self.transaction():
-            deleted: int = (
-                _OfflinedRow.delete().where(_OfflinedRow.product_key == product_key).execute()
-            )
-        return deleted > 0
-
     def set_invalid_reason(
         self, product_key: str, reason: str | None, *, mtime_ns: int | None = None
     ) -> None:
