@@ -385,6 +385,12 @@ class Store:
             _database.initialize(self._db)
             self._db.connect()
             version = self._db.execute_sql("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            raise StoreUnwritable(
+                f"database {self.path} is new and cannot be set up: {self.read_only_reason}",
+                hint="free some space or make the home writable",
+                disk_full=self._nearly_full(),
+            )
         if version != SCHEMA_VERSION:
             raise StoreUnwritable(
                 f"database {self.path} has schema version {version} and needs upgrading, "
@@ -497,7 +503,8 @@ class Store:
                 hint="check that the home folder and offline.db exist and are yours to read "
                 "and write",
             )
-        if self._integrity_fails():
+        verdict = self._integrity_fails()
+        if verdict:
             return StorageError(
                 f"database {self.path} is damaged: {text} (PRAGMA integrity_check fails)",
                 hint=(
@@ -507,7 +514,12 @@ class Store:
             )
         return StorageError(
             f"database {self.path} failed: {text}",
-            hint="PRAGMA integrity_check passes, so the file is sound; try again",
+            hint=(
+                "PRAGMA integrity_check passes, so the file is sound; try again"
+                if verdict is False
+                else "try again; if it persists, check the disk (PRAGMA integrity_check "
+                "could not run)"
+            ),
         )
 
     def _nearly_full(self) -> bool:
@@ -516,18 +528,19 @@ class Store:
         except OSError:
             return False
 
-    def _integrity_fails(self) -> bool:
-        """True only when SQLite itself says the file is damaged (never on a mere error)."""
+    def _integrity_fails(self) -> bool | None:
+        """True only when SQLite itself says the file is damaged; None when it cannot tell."""
         try:
             conn = sqlite3.connect(f"file:{quote(str(self.path))}?mode=ro", uri=True, timeout=1)
         except sqlite3.Error:
-            return False
+            return None
         try:
             rows = conn.execute("PRAGMA integrity_check(1)").fetchall()
         except sqlite3.DatabaseError as exc:
-            return _sqlite_error_name(exc).startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or (
+            damaged = _sqlite_error_name(exc).startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or (
                 "malformed" in str(exc) or "not a database" in str(exc)
             )
+            return True if damaged else None
         finally:
             conn.close()
         return rows != [("ok",)]
@@ -676,7 +689,9 @@ class Store:
         """
         with self.transaction():
             old_row = _OfflinedRow.get_or_none(_OfflinedRow.product_key == entry.product_key)
-            old = _offlined_from_row(old_row) if old_row else None
+            # A damaged old row is replaced all the same; its files are left to cleanup.
+            readable = self._offlined([old_row] if old_row else [])
+            old = readable[0] if readable else None
             fields = {k: getattr(entry, k) for k in _OfflinedRow._meta.fields}
             fields["product_type"] = entry.product_type.value
             _OfflinedRow.replace(**fields).execute()

@@ -370,6 +370,23 @@ def test_a_bad_offlined_row_is_skipped_and_deletable(cli, make_engine, sim, home
     _no_traceback(state.output, validate.output, deleted.output)
 
 
+def test_offline_over_bad_rows_downloads_again(cli, make_engine, sim, home) -> None:
+    bad = _failed_download(make_engine, sim)
+    _sql(home, "UPDATE download_entries SET resume_info = '[' WHERE product_key = ?", (bad.key,))
+    sim.add("/cut", Resource(BODY))  # the server is fixed
+    first = cli("offline", bad.key)
+    assert first.exit_code == 0, first.output
+    assert cli("state", bad.key).stdout.strip() == "OFFLINED_AND_VALID"
+
+    _sql(home, "UPDATE offlined_entries SET size = 'big' WHERE product_key = ?", (bad.key,))
+    again = cli("offline", bad.key)
+    assert again.exit_code == 0, again.output
+    assert bad.key in again.stderr and "unreadable" in again.stderr
+    assert cli("state", bad.key).stdout.strip() == "OFFLINED_AND_VALID"
+    assert cli("delete", bad.key).exit_code == 0
+    _no_traceback(first.output, again.output)
+
+
 def test_cleanup_and_delete_all_remove_bad_rows(cli, make_engine, sim, home) -> None:
     bad = _failed_download(make_engine, sim)
     _sql(home, "UPDATE download_entries SET state = 'BOGUS' WHERE product_key = ?", (bad.key,))
