@@ -361,7 +361,7 @@ class Store:
             )
         # mode=ro still needs the -shm file of a WAL database (to create it, or to grow it);
         # immutable=1 needs nothing, which is all a read-only folder or a full disk allows.
-        options = "immutable=1" if immutable else "mode=ro"
+        options = "mode=ro&immutable=1" if immutable else "mode=ro"
         return peewee.SqliteDatabase(
             f"file:{quote(str(self.path))}?{options}",
             pragmas={"busy_timeout": int(busy_timeout_s * 1000)},
