@@ -214,6 +214,9 @@ class _Reporter(OfflineEngineListener):
         self.tasks: dict[str, TaskID] = {}
         self.started_at: dict[str, float] = {}
         self.bytes: dict[str, int] = {}
+        # Products this process waited for: when the other process finished them, the
+        # command says "downloaded by another process" instead of a "done (0 B)" line.
+        self.waited: set[str] = set()
 
     def offlining_started(self, product: MediaProduct) -> None:
         self.started_at[product.key] = time.monotonic()
@@ -242,9 +245,13 @@ class _Reporter(OfflineEngineListener):
 
     def offlining_waiting_for_other(self, product: MediaProduct, pid: int | None) -> None:
         who = f"process {pid}" if pid else "another process"
+        self.waited.add(product.key)
         _say(f"{product.key}: {who} is downloading it; waiting for its outcome")
 
     def offlining_completed(self, product: MediaProduct) -> None:
+        if product.key in self.waited and product.key not in self.bytes:
+            self._finish(product, None)
+            return
         elapsed = time.monotonic() - self.started_at.get(product.key, time.monotonic())
         size = human_bytes(self.bytes.get(product.key, 0))
         self._finish(product, f"{product.key}: done ({size} in {elapsed:.1f}s)")
@@ -350,7 +357,14 @@ _open_engines: list[OfflineEngine] = []
 def _close_engines() -> None:
     """Close the database connections a command opened (also when run in-process)."""
     while _open_engines:
-        _open_engines.pop().close()
+        engine = _open_engines.pop()
+        # One line per product whose database row could not be read (and was skipped).
+        for key, reason in engine.skipped_entries.items():
+            sys.stderr.write(
+                f"{PROG}: warning: {key}: unreadable database entry skipped ({reason}); "
+                f"`{PROG} delete` removes it\n"
+            )
+        engine.close()
 
 
 def _set_output(quiet: bool, verbose: bool) -> None:
@@ -618,8 +632,9 @@ def delete(
         for product in parsed:
             try:
                 removed = engine.delete_offline(product)
-            except BusyError as exc:
-                _print_error(_error_line(exc))
+            except (BusyError, DownloadError) as exc:
+                # One product whose download would not stop does not keep the others.
+                _print_error(_error_line(exc.with_product(product.key)))
                 code = max(code, exc.exit_code)
                 continue
             if removed:
@@ -678,12 +693,16 @@ def resume(
             engine = _engine(reporter, **overrides)
             todo = engine.resumable_products(wanted)
             if not todo:
+                # A damaged index can hide every entry without an error: say so, not "nothing".
+                engine.check_store()
                 _say("nothing to resume")
                 return
             for result in engine.resume(wanted, wait=not no_wait):
                 if result.error is not None:
                     _print_error(_error_line(result.error.with_product(result.product.key)))
                     codes.append(result.error.exit_code)
+                elif result.outcome is Outcome.DOWNLOADED_BY_OTHER:
+                    _say(f"{result.product.key}: downloaded by another process")
     except OfflineError as exc:
         _fail(exc)
     if codes:

@@ -5,8 +5,10 @@ httpx is imported only when something is downloaded, so read commands stay light
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
+import math
 import os
 import random
 import shutil
@@ -31,6 +33,7 @@ from offline_cli.errors import (
     OfflineError,
     PermanentError,
     StorageError,
+    StoreUnwritable,
     UsageError,
 )
 from offline_cli.listener import OfflineEngineListener
@@ -139,11 +142,38 @@ class OfflineEngine:
     @property
     def store(self) -> Store:
         if self._store is None:
+            self._store = self._open_store()
+        return self._store
+
+    def _open_store(self) -> Store:
+        """The store, read-only when the home cannot be written but the database is there.
+
+        A full disk or a read-only home must not stop `state`, `health` or `validate`; a
+        command that writes then fails at its first write, naming why.
+        """
+        try:
             self.layout.ensure()
-            self._store = Store(
+            return Store(
                 self.layout.database, busy_timeout_s=self.settings.db_timeout, clock=self._clock
             )
-        return self._store
+        except StorageError as exc:
+            unwritable = isinstance(exc, StoreUnwritable) or isinstance(exc.__cause__, OSError)
+            if not unwritable or not self.layout.database.is_file():
+                raise
+            try:
+                return Store(
+                    self.layout.database,
+                    busy_timeout_s=self.settings.db_timeout,
+                    clock=self._clock,
+                    read_only_reason=str(exc),
+                )
+            except StorageError:
+                raise exc from None
+
+    @property
+    def skipped_entries(self) -> dict[str, str]:
+        """Products whose database rows could not be read (and were skipped): key -> why."""
+        return dict(self._store.bad_rows) if self._store is not None else {}
 
     def close(self) -> None:
         if self._http is not None:
@@ -167,13 +197,38 @@ class OfflineEngine:
         # flock-based: the kernel drops it when the process dies, even on kill -9.
         return FileLock(path, mode=PRIVATE_FILE_MODE, is_singleton=False)
 
+    def _lock_failed(self, product_key: str, exc: OSError) -> StorageError:
+        """A lock file that cannot be opened: the home is read-only (or worse)."""
+        store = self._store
+        reason = (
+            store.read_only_reason
+            if store is not None and store.read_only_reason
+            else f"cannot open lock file {self.layout.lock_path(product_key)}: "
+            f"{exc.strerror or exc}"
+        )
+        return StoreUnwritable(
+            f"cannot change the store: {reason}",
+            product=product_key,
+            hint="make the home writable (or free some space); read commands still work",
+        )
+
     def is_running_elsewhere(self, product_key: str) -> bool:
-        """True when a live process holds the product's download lock."""
-        lock = self._lock(product_key)
+        """True when a live process holds the product's download lock.
+
+        Also True when the lock cannot be probed (a read-only home): callers that remove
+        things must then leave the product alone.
+        """
+        return self._owner_alive(product_key) is not False
+
+    def _owner_alive(self, product_key: str) -> bool | None:
+        """Whether a live process holds the product's lock; None when it cannot be told."""
         try:
+            lock = self._lock(product_key)
             lock.acquire(timeout=0)
         except Timeout:
             return True
+        except OSError:
+            return None
         lock.release()
         return False
 
@@ -251,7 +306,21 @@ class OfflineEngine:
                 if with_downloads
                 else {}
             )
-        return [ProductStatus(k, self._state_of(offlined.get(k)), latest.get(k)) for k in keys]
+        return [
+            ProductStatus(k, self._state_of(offlined.get(k)), self._as_read(latest.get(k)))
+            for k in keys
+        ]
+
+    def _as_read(self, entry: DownloadEntry | None) -> DownloadEntry | None:
+        """A running download whose owner is gone (kill -9, power loss) reads as PAUSED,
+        what the next maintenance pass or `resume` makes of it."""
+        if entry is None or entry.state not in (DownloadState.PENDING, DownloadState.IN_PROGRESS):
+            return entry
+        if self._owner_alive(entry.product_key) is not False:
+            return entry
+        return dataclasses.replace(
+            entry, state=DownloadState.PAUSED, last_error=entry.last_error or "owner process died"
+        )
 
     def _quick_valid(self, entry: OfflinedEntry) -> str | None:
         """None when valid by the cheap check (size and mtime), else the reason."""
@@ -311,9 +380,9 @@ class OfflineEngine:
     def offline_product(self, product: MediaProduct, *, wait: bool = True) -> Outcome:
         self.check_resolvable([product])  # bad input changes nothing: check before any work
         self.maybe_run_maintenance()
-        lock = self._lock(product.key)
         waited = False
         try:
+            lock = self._lock(product.key)
             # A short grace: cleanup and maintenance probe locks for an instant, and that
             # must not read as another download.
             lock.acquire(timeout=LOCK_PROBE_GRACE_S, poll_interval=LOCK_POLL_S / 5)
@@ -331,6 +400,8 @@ class OfflineEngine:
             self._event("waiting_for_other_process", product=product.key)
             lock.acquire(timeout=-1, poll_interval=LOCK_POLL_S)
             waited = True
+        except OSError as exc:  # after Timeout, which is an OSError too
+            raise self._lock_failed(product.key, exc) from exc
         try:
             if waited:
                 outcome = self._outcome_of_other(product)
@@ -609,14 +680,20 @@ class OfflineEngine:
         return removed
 
     def _delete_key(self, key: str) -> bool:
-        store = self.store
-        lock = self._lock(key)
+        """Delete one product: its rows first, in one transaction, then its files.
+
+        A locked or unwritable database changes nothing. Only when the disk is full (SQLite
+        needs a few free pages to record anything) are the files removed first, to make that
+        room; if the record still fails, `state` reads the product as not valid and a second
+        `delete` finishes it.
+        """
         cancelled_running = False
         try:
+            lock = self._lock(key)
             lock.acquire(timeout=LOCK_PROBE_GRACE_S, poll_interval=LOCK_POLL_S / 5)
         except Timeout:
             cancelled_running = True
-            store.downloads.request_cancel(key)
+            self.store.downloads.request_cancel(key)
             self._event("cancel_requested", product=key)
             try:
                 lock.acquire(timeout=CANCEL_WAIT_S, poll_interval=LOCK_POLL_S)
@@ -628,39 +705,47 @@ class OfflineEngine:
                     product=key,
                     hint="it has been asked to cancel; run delete again in a moment",
                 ) from None
+        except OSError as exc:  # after Timeout, which is an OSError too
+            raise self._lock_failed(key, exc) from exc
         try:
-            offlined = store.get_offlined(key)
-            downloads = store.list_downloads(product_key=key)
-            if offlined is None and not downloads:
+            rows = self.store.product_rows(key)
+            if rows.empty:
                 return False
-            for entry in downloads:
-                self._discard_partials(entry)
-            if offlined is not None:
-                safe_remove(self.layout, Path(offlined.media_path))
-                if offlined.license_path:
-                    safe_remove(self.layout, Path(offlined.license_path))
             # The download this delete cancelled keeps its CANCELLED entry (no files) as a
             # record; cleanup removes it after the retention age.
-            keep = (
-                {d.id for d in store.list_downloads([DownloadState.CANCELLED], product_key=key)}
-                if cancelled_running
-                else set()
-            )
-            with store.transaction():
-                store.delete_offlined(key)
-                for entry in downloads:
-                    if entry.id not in keep:
-                        store.delete_download(entry.id)
-            urls = [u for d in downloads for u in (d.media_url, d.license_url)]
-            if offlined is not None:
-                urls += [offlined.source_url, offlined.license_url]
-            self.vault.forget(urls)
-            product_dir = self.layout.product_dir(key)
-            safe_remove_tree(self.layout, product_dir)
+            keep = rows.cancelled_ids if cancelled_running else set()
+            try:
+                self.store.forget_product(key, keep=keep)
+            except StoreUnwritable as exc:
+                if not exc.disk_full:
+                    raise
+                self._remove_product_files(key, rows.paths)
+                self._reopen_store().forget_product(key, keep=keep)
+            self._remove_product_files(key, rows.paths)
+            try:
+                self.vault.forget(list(rows.urls))
+            except OSError as exc:  # a full disk: the vault is rewritten whole
+                log.warning("%s: credentials not forgotten yet: %s", key, exc)
             self._event("product_deleted", product=key)
             return True
         finally:
             lock.release()
+
+    def _remove_product_files(self, key: str, paths: Sequence[str]) -> None:
+        """Remove a product's files (inside the home only); what fails is an orphan for
+        cleanup, since no entry owns it any more."""
+        try:
+            for raw in paths:
+                safe_remove(self.layout, Path(raw))
+            safe_remove_tree(self.layout, self.layout.product_dir(key))
+        except OSError as exc:
+            log.warning("%s: files not removed yet: %s", key, exc)
+
+    def _reopen_store(self) -> Store:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        return self.store
 
     def delete_all_offlined_media_products(self) -> bool:
         """Remove every product, its files and entries; never follows a link out of home."""
@@ -741,6 +826,10 @@ class OfflineEngine:
 
     # -- maintenance, validation, health (see maintenance.py) -------------------------------------
 
+    def check_store(self) -> None:
+        """StorageError when SQLite's quick check finds the database damaged."""
+        self.store.quick_check()
+
     def maybe_run_maintenance(self) -> bool:
         """Run the light maintenance pass when its interval has passed; True when it ran.
 
@@ -754,9 +843,12 @@ class OfflineEngine:
         interval = self.settings.maintenance_interval
         if interval <= 0 or not self.settings.enhanced_download_management:
             return False
-        last = self.store.get_setting(LAST_MAINTENANCE_KEY)
+        if self.store.read_only:
+            return False  # it cleans up and records: nothing a read-only store allows
+        last = _timestamp(self.store.get_setting(LAST_MAINTENANCE_KEY))
         now = self._clock()
-        if last is not None and now - float(last) < interval:
+        # An unreadable or future time (damaged, or a clock that jumped) counts as never.
+        if last is not None and 0 <= now - last < interval:
             return False
         self.store.set_setting(LAST_MAINTENANCE_KEY, repr(now))
         recovered = self.recover_dead_downloads() if self.settings.download_recovery else 0
@@ -806,6 +898,14 @@ class OfflineEngine:
         from offline_cli.maintenance import build_health_report
 
         return build_health_report(self, since_s)
+
+
+def _timestamp(text: str | None) -> float | None:
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _redacted(url: str | None) -> str | None:

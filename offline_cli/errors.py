@@ -16,6 +16,7 @@
     │   └── DownloadCancelled         deleted by another process while running
     ├── BusyError                     another process is downloading it, --no-wait (exit 3)
     └── StorageError                  the store itself is unusable                (exit 4)
+        └── StoreUnwritable           full disk, read-only home, I/O error: reads still work
 
 httpx exceptions never cross the transport edge: ``transfer.py`` wraps them (``raise … from exc``).
 """
@@ -180,6 +181,24 @@ class StorageError(OfflineError):
     """The store itself is unusable: database corrupt or locked, home not writable."""
 
     exit_code = 4
+
+
+class StoreUnwritable(StorageError):
+    """The store cannot be written (full disk, read-only home, I/O error) but is not damaged;
+    read commands still work on a read-only view of it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        product: str | None = None,
+        url: str | None = None,
+        hint: str | None = None,
+        disk_full: bool = False,
+    ) -> None:
+        super().__init__(message, product=product, url=url, hint=hint)
+        # True when freeing space is what would make the write work (delete relies on it).
+        self.disk_full = disk_full
 
 
 class Terminated(BaseException):

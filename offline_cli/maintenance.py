@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -11,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from offline_cli.errors import OfflineError
+from offline_cli.errors import OfflineError, StoreUnwritable
 from offline_cli.models import (
     LICENSE_EXPIRED,
     DownloadState,
@@ -20,11 +22,16 @@ from offline_cli.models import (
     looks_like_url,
 )
 from offline_cli.paths import Layout, safe_remove
+from offline_cli.store import DATABASE_SEEN_KEY
 
 if TYPE_CHECKING:
     from offline_cli.engine import OfflineEngine
 
 HASH_BLOCK = 1024 * 1024
+# Files older than the database itself are kept at least this long, whatever the retention.
+MIN_ORPHAN_GRACE_S = 86400.0
+# File times come from the kernel's coarse clock, a few ms behind time.time().
+MTIME_SLACK_S = 2.0
 
 
 # -- cleanup -------------------------------------------------------------------------------------
@@ -106,7 +113,81 @@ class CleanupManager:
             report.items.append(CleanupItem("entry", None, entry.product_key, 0))
             if not dry_run:
                 store.delete_download(entry.id)
-        # Orphans: files in the store or partial folders that no entry owns.
+        self._unreadable_downloads(report, cutoff)
+        self._orphans(report, cutoff)
+        if not dry_run:
+            for child in list(layout.store_dir.iterdir()) if layout.store_dir.is_dir() else []:
+                if child.is_dir() and not child.is_symlink() and not any(child.iterdir()):
+                    child.rmdir()
+            if report.items:
+                engine._record(
+                    "cleanup",
+                    bytes=report.bytes_reclaimed,
+                    attempts=report.entries_removed,
+                    detail=f"{report.files_removed} files",
+                )
+            engine._event(
+                "cleanup_completed",
+                entries=report.entries_removed,
+                files=report.files_removed,
+                bytes_reclaimed=report.bytes_reclaimed,
+            )
+        return report
+
+    def _unreadable_downloads(self, report: CleanupReport, cutoff: float) -> None:
+        """Download rows whose values cannot be read go like any unfinished download.
+
+        A committed product whose row is damaged is left to `delete`: its media may be fine.
+        """
+        engine, store, layout = self.engine, self.engine.store, self.engine.layout
+        for bad in store.unreadable_entries():
+            if bad.table != "download":
+                continue
+            if bad.at is not None and bad.at > cutoff and report.older_than_s > 0:
+                continue
+            if engine.is_running_elsewhere(bad.product_key):
+                continue
+            for raw in bad.paths:
+                if os.path.lexists(raw):
+                    report.items.append(
+                        CleanupItem("partial", raw, bad.product_key, _size(Path(raw)))
+                    )
+                    if not report.dry_run:
+                        safe_remove(layout, Path(raw))
+            report.items.append(CleanupItem("entry", None, bad.product_key, 0))
+            if not report.dry_run:
+                store.delete_unreadable(bad)
+
+    def _database_first_seen(self, now: float) -> float:
+        """When this database was created (or, for one made by an older release, first
+        cleaned up): a file older than that was made under a database since replaced."""
+        store = self.engine.store
+        raw = store.get_setting(DATABASE_SEEN_KEY)
+        try:
+            seen = float(raw) if raw is not None else None
+        except ValueError:
+            seen = None
+        if seen is None or not math.isfinite(seen) or seen > now:
+            seen = now
+            if not store.read_only:
+                store.set_setting(DATABASE_SEEN_KEY, repr(now))
+        return seen
+
+    def _orphans(self, report: CleanupReport, cutoff: float) -> None:
+        """Files in the store or partial folders that no entry owns, old enough to go.
+
+        Older than the database means the product was recorded in a database that has
+        been replaced: such files are kept until the database itself is older than the
+        retention age (and at least a day), so moving a database aside, or a fresh one,
+        never lets a cleanup (or the automatic one) delete stored media at once.
+        """
+        engine, store, layout = self.engine, self.engine.store, self.engine.layout
+        older_than_s, dry_run = report.older_than_s, report.dry_run
+        # The wall clock, not the engine's: it is compared with file modification times.
+        now = time.time()
+        first_seen = self._database_first_seen(now) - MTIME_SLACK_S
+        grace = max(engine.settings.retention, MIN_ORPHAN_GRACE_S)
+        keep_older_than_database = now - first_seen < grace
         owned = store.referenced_paths()
         for active in store.list_downloads(
             [DownloadState.PENDING, DownloadState.IN_PROGRESS, DownloadState.PAUSED]
@@ -128,27 +209,11 @@ class CleanupManager:
                         continue
                     if older_than_s > 0 and mtime > cutoff:
                         continue
+                    if keep_older_than_database and mtime < first_seen:
+                        continue
                     report.items.append(CleanupItem("orphan", str(path), None, _size(path)))
                     if not dry_run:
                         safe_remove(layout, path)
-        if not dry_run:
-            for child in list(layout.store_dir.iterdir()) if layout.store_dir.is_dir() else []:
-                if child.is_dir() and not child.is_symlink() and not any(child.iterdir()):
-                    child.rmdir()
-            if report.items:
-                engine._record(
-                    "cleanup",
-                    bytes=report.bytes_reclaimed,
-                    attempts=report.entries_removed,
-                    detail=f"{report.files_removed} files",
-                )
-            engine._event(
-                "cleanup_completed",
-                entries=report.entries_removed,
-                files=report.files_removed,
-                bytes_reclaimed=report.bytes_reclaimed,
-            )
-        return report
 
 
 # -- validation ----------------------------------------------------------------------------------
@@ -253,10 +318,16 @@ class Validator:
             fresh_mtime = mtime_before if reason is None else None
             if fresh_mtime is not None and fresh_mtime != _mtime_ns(entry.media_path):
                 fresh_mtime = None  # changed while hashing: prove nothing about the new bytes
-            if reason != entry.invalid_reason or (
-                fresh_mtime is not None and fresh_mtime != entry.mtime_ns
+            # A read-only store (full disk, read-only home) still answers; it just cannot
+            # remember the verdict.
+            if not store.read_only and (
+                reason != entry.invalid_reason
+                or (fresh_mtime is not None and fresh_mtime != entry.mtime_ns)
             ):
-                store.set_invalid_reason(entry.product_key, reason, mtime_ns=fresh_mtime)
+                try:
+                    store.set_invalid_reason(entry.product_key, reason, mtime_ns=fresh_mtime)
+                except StoreUnwritable as exc:  # a full disk: the verdict stands unrecorded
+                    engine._event("verdict_not_recorded", product=entry.product_key, error=str(exc))
             result = ValidationResult(entry.product_key, reason is None, reason)
             if reason is not None and repair:
                 result = self._repair(entry, reason)

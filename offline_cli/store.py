@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import peewee
 from playhouse.migrate import SqliteMigrator, migrate
 
 from offline_cli.credentials import CredentialVault
-from offline_cli.errors import StorageError
+from offline_cli.errors import StorageError, StoreUnwritable
 from offline_cli.models import (
     ALLOWED_TRANSITIONS,
     DownloadEntry,
@@ -37,6 +40,12 @@ from offline_cli.redaction import scrub_urls
 # are unchanged. Migrations only add or rename.
 SCHEMA_VERSION = 3
 DEFAULT_BUSY_TIMEOUT_S = 30.0
+# Below this much free space an I/O error of SQLite is read as a full disk: growing the
+# shared-memory index (-shm) or the WAL fails with SQLITE_IOERR, not SQLITE_FULL.
+NEARLY_FULL_BYTES = 1024 * 1024
+# When the database was created, or first cleaned up when an older release created it
+# (see maintenance.py: the files of a replaced database are not orphans at once).
+DATABASE_SEEN_KEY = "database_first_seen_at"
 
 _database = peewee.DatabaseProxy()
 
@@ -160,64 +169,161 @@ class MetricEvent:
     detail: str | None
 
 
+def _sqlite_error_name(exc: BaseException) -> str:
+    """SQLITE_FULL, SQLITE_IOERR_SHMSIZE, ... of a sqlite3 error, even wrapped by peewee."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            break
+        name = getattr(seen, "sqlite_errorname", None)
+        if isinstance(name, str):
+            return name
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return ""
+
+
 class IllegalTransition(RuntimeError):
     """A bug: code asked for a state change the state machine forbids."""
 
 
+class BadRow(ValueError):
+    """A row whose values this offline-cli cannot read (damaged or written by hand)."""
+
+
+def _number(value: Any, name: str, *, optional: bool = False) -> Any:
+    """``value`` when it is a finite number (or None where allowed), else BadRow."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadRow(f"{name} {value!r} is not a number")
+    return value
+
+
+def _text(value: Any, name: str, *, optional: bool = False) -> Any:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise BadRow(f"{name} {value!r} is not text")
+    return value
+
+
+def _enum(kind: Any, value: Any, name: str) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        raise BadRow(f"unknown {name} {value!r}") from None
+
+
+def _resume_info(raw: Any) -> dict[str, dict[str, str | int | None]]:
+    try:
+        info = json.loads(raw or "{}")
+    except (TypeError, ValueError):
+        raise BadRow("resume_info is not JSON") from None
+    if not isinstance(info, dict) or not all(isinstance(v, dict) for v in info.values()):
+        raise BadRow("resume_info is not a JSON object of objects")
+    return info
+
+
 def _download_from_row(row: _DownloadRow) -> DownloadEntry:
-    return DownloadEntry(
-        id=row.id,
-        product_key=row.product_key,
-        product_type=ProductType(row.product_type),
-        product_id=row.product_id,
-        state=DownloadState(row.state),
-        progress=row.progress,
-        attempt_count=row.attempt_count,
-        last_error=row.last_error,
-        error_kind=ErrorKind(row.error_kind) if row.error_kind else None,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        paused_at=row.paused_at,
-        owner_pid=row.owner_pid,
-        partial_media_path=row.partial_media_path,
-        partial_license_path=row.partial_license_path,
-        media_url=row.media_url,
-        license_url=row.license_url,
-        expected_sha256=row.expected_sha256,
-        bytes_done=row.bytes_done,
-        bytes_total=row.bytes_total,
-        cancel_requested=bool(row.cancel_requested),
-        resume_info=json.loads(row.resume_info or "{}"),
-        expected_size=row.expected_size,
-        license_expires_at=row.license_expires_at,
-        from_source=bool(row.from_source),
-    )
+    """The entry of a row, or BadRow naming the first value that cannot be read."""
+    try:
+        return DownloadEntry(
+            id=_text(row.id, "id"),
+            product_key=_text(row.product_key, "product_key"),
+            product_type=_enum(ProductType, row.product_type, "product type"),
+            product_id=_text(row.product_id, "product_id"),
+            state=_enum(DownloadState, row.state, "state"),
+            progress=_number(row.progress, "progress"),
+            attempt_count=_number(row.attempt_count, "attempt_count"),
+            last_error=_text(row.last_error, "last_error", optional=True),
+            error_kind=_enum(ErrorKind, row.error_kind, "error kind") if row.error_kind else None,
+            created_at=_number(row.created_at, "created_at"),
+            updated_at=_number(row.updated_at, "updated_at"),
+            paused_at=_number(row.paused_at, "paused_at", optional=True),
+            owner_pid=_number(row.owner_pid, "owner_pid", optional=True),
+            partial_media_path=_text(row.partial_media_path, "partial path", optional=True),
+            partial_license_path=_text(row.partial_license_path, "partial path", optional=True),
+            media_url=_text(row.media_url, "media_url", optional=True),
+            license_url=_text(row.license_url, "license_url", optional=True),
+            expected_sha256=_text(row.expected_sha256, "expected_sha256", optional=True),
+            bytes_done=_number(row.bytes_done, "bytes_done"),
+            bytes_total=_number(row.bytes_total, "bytes_total", optional=True),
+            cancel_requested=bool(row.cancel_requested),
+            resume_info=_resume_info(row.resume_info),
+            expected_size=_number(row.expected_size, "expected_size", optional=True),
+            license_expires_at=_number(row.license_expires_at, "license expiry", optional=True),
+            from_source=bool(row.from_source),
+        )
+    except BadRow:
+        raise
+    except ValueError as exc:  # the entry's own checks (progress out of range, ...)
+        raise BadRow(str(exc)) from None
 
 
 def _offlined_from_row(row: _OfflinedRow) -> OfflinedEntry:
+    """The entry of a row, or BadRow naming the first value that cannot be read."""
     return OfflinedEntry(
-        product_key=row.product_key,
-        product_type=ProductType(row.product_type),
-        product_id=row.product_id,
-        media_path=row.media_path,
-        license_path=row.license_path,
-        size=row.size,
-        sha256=row.sha256,
-        license_size=row.license_size,
-        license_sha256=row.license_sha256,
-        etag=row.etag,
-        last_modified=row.last_modified,
-        license_expires_at=row.license_expires_at,
-        source_url=row.source_url,
-        license_url=row.license_url,
-        mtime_ns=row.mtime_ns,
-        completed_at=row.completed_at,
-        invalid_reason=row.invalid_reason,
+        product_key=_text(row.product_key, "product_key"),
+        product_type=_enum(ProductType, row.product_type, "product type"),
+        product_id=_text(row.product_id, "product_id"),
+        media_path=_text(row.media_path, "media_path"),
+        license_path=_text(row.license_path, "license_path", optional=True),
+        size=_number(row.size, "size"),
+        sha256=_text(row.sha256, "sha256"),
+        license_size=_number(row.license_size, "license_size", optional=True),
+        license_sha256=_text(row.license_sha256, "license_sha256", optional=True),
+        etag=_text(row.etag, "etag", optional=True),
+        last_modified=_text(row.last_modified, "last_modified", optional=True),
+        license_expires_at=_number(row.license_expires_at, "license expiry", optional=True),
+        source_url=_text(row.source_url, "source_url"),
+        license_url=_text(row.license_url, "license_url", optional=True),
+        mtime_ns=_number(row.mtime_ns, "mtime_ns"),
+        completed_at=_number(row.completed_at, "completed_at"),
+        invalid_reason=_text(row.invalid_reason, "invalid_reason", optional=True),
     )
 
 
+@dataclass(frozen=True)
+class ProductRows:
+    """What ``delete`` needs of a product's rows, read without interpreting their values,
+    so a damaged row can always be deleted."""
+
+    download_ids: list[str]
+    cancelled_ids: set[str]
+    paths: list[str]
+    urls: list[str]
+
+    @property
+    def empty(self) -> bool:
+        return not self.download_ids and not self.paths and not self.urls
+
+
+@dataclass(frozen=True)
+class UnreadableEntry:
+    """A row ``BadRow`` refused: cleanup removes it with the files it names."""
+
+    table: str  # "download" or "offlined"
+    row_id: str
+    product_key: str
+    reason: str
+    at: float | None  # when it was last written, when that much is readable
+    paths: list[str]
+
+
+def _paths(*values: Any) -> list[str]:
+    return [v for v in values if isinstance(v, str) and v]
+
+
+def _as_float(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
 class Store:
-    """One SQLite file in WAL mode; short IMMEDIATE transactions so processes share it."""
+    """One SQLite file in WAL mode; short IMMEDIATE transactions so processes share it.
+
+    ``read_only_reason`` opens it read-only instead (the home is read-only or its disk is
+    full): reads work, and any write raises StoreUnwritable with that reason.
+    """
 
     def __init__(
         self,
@@ -225,26 +331,79 @@ class Store:
         *,
         busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
         clock: Callable[[], float] = time.time,
+        read_only_reason: str | None = None,
     ) -> None:
         self.path = path
         self.clock = clock
-        self._db = peewee.SqliteDatabase(
-            str(path),
-            pragmas={
-                "journal_mode": "wal",
-                "synchronous": "normal",
-                "busy_timeout": int(busy_timeout_s * 1000),
-                "foreign_keys": 1,
-            },
-            # IMMEDIATE: take the write lock at BEGIN, so two processes never deadlock
-            # upgrading a read lock (SQLite would answer BUSY at once, ignoring the timeout).
-            lock_type="IMMEDIATE",
-            timeout=busy_timeout_s,
-        )
+        self.read_only_reason = read_only_reason
+        # Rows read commands skipped because a value could not be read: product -> why.
+        self.bad_rows: dict[str, str] = {}
+        self._db = self._database(busy_timeout_s, immutable=False)
         _database.initialize(self._db)
         with self._errors():
-            self._open(busy_timeout_s)
+            if read_only_reason is None:
+                self._open(busy_timeout_s)
+            else:
+                self._open_read_only(busy_timeout_s)
         self.downloads = DownloadStateManager(self)
+
+    @property
+    def read_only(self) -> bool:
+        return self.read_only_reason is not None
+
+    def _database(self, busy_timeout_s: float, *, immutable: bool) -> peewee.SqliteDatabase:
+        if self.read_only_reason is None:
+            return peewee.SqliteDatabase(
+                str(self.path),
+                pragmas={
+                    "journal_mode": "wal",
+                    "synchronous": "normal",
+                    "busy_timeout": int(busy_timeout_s * 1000),
+                    "foreign_keys": 1,
+                },
+                # IMMEDIATE: take the write lock at BEGIN, so two processes never deadlock
+                # upgrading a read lock (SQLite would answer BUSY at once, ignoring the timeout).
+                lock_type="IMMEDIATE",
+                timeout=busy_timeout_s,
+            )
+        # mode=ro still needs the -shm file of a WAL database (to create it, or to grow it);
+        # immutable=1 needs nothing, which is all a read-only folder or a full disk allows.
+        options = "mode=ro&immutable=1" if immutable else "mode=ro"
+        return peewee.SqliteDatabase(
+            f"file:{quote(str(self.path))}?{options}",
+            pragmas={"busy_timeout": int(busy_timeout_s * 1000)},
+            timeout=busy_timeout_s,
+            uri=True,
+        )
+
+    def _open_read_only(self, busy_timeout_s: float) -> None:
+        """Open without writing anything: no migration, no -wal or -shm if need be."""
+        if not self.path.is_file():
+            raise StoreUnwritable(
+                f"database {self.path} does not exist and cannot be created: "
+                f"{self.read_only_reason}"
+            )
+        try:
+            self._db.connect()
+            version = self._db.execute_sql("PRAGMA user_version").fetchone()[0]
+        except (peewee.OperationalError, sqlite3.OperationalError):
+            self._db.close()
+            self._db = self._database(busy_timeout_s, immutable=True)
+            _database.initialize(self._db)
+            self._db.connect()
+            version = self._db.execute_sql("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            raise StoreUnwritable(
+                f"database {self.path} is new and cannot be set up: {self.read_only_reason}",
+                hint="free some space or make the home writable",
+                disk_full=self._nearly_full(),
+            )
+        if version != SCHEMA_VERSION:
+            raise StoreUnwritable(
+                f"database {self.path} has schema version {version} and needs upgrading, "
+                f"which cannot be written now: {self.read_only_reason}",
+                hint="free some space or make the home writable, then run the command again",
+            )
 
     def _open(self, busy_timeout_s: float) -> None:
         """Connect and migrate, retrying "locked" for up to the busy timeout.
@@ -258,7 +417,10 @@ class Store:
         while True:
             try:
                 self._db.connect(reuse_if_open=True)
+                new = self._db.execute_sql("PRAGMA user_version").fetchone()[0] == 0
                 self._migrate()
+                if new:
+                    self._record_creation()
                 return
             except (peewee.OperationalError, sqlite3.OperationalError) as exc:
                 text = str(exc)
@@ -268,6 +430,14 @@ class Store:
                     self._db.close()
                 time.sleep(delay)
                 delay = min(delay * 2, 0.25)
+
+    def _record_creation(self) -> None:
+        """Note when the database was made (wall clock: cleanup compares it with file
+        times): files older than it belong to a database that was replaced."""
+        self._db.execute_sql(
+            "INSERT OR IGNORE INTO settings (key, value) VALUES (?, ?)",
+            (DATABASE_SEEN_KEY, repr(time.time())),
+        )
 
     def close(self) -> None:
         if not self._db.is_closed():
@@ -285,19 +455,106 @@ class Store:
         try:
             yield
         except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:
-            text = str(exc)
-            if "locked" in text or "busy" in text:
-                raise StorageError(
-                    f"database {self.path} is locked: {text}",
-                    hint="another offline-cli is holding it; try again, or raise --db-timeout",
-                ) from exc
-            raise StorageError(
-                f"database {self.path} is unusable: {text}",
+            raise self._storage_error(exc) from exc
+
+    def _storage_error(self, exc: Exception) -> StorageError:
+        """Name what went wrong; only a failed integrity check suggests moving the file aside.
+
+        A full disk, an I/O error or a permission problem leaves the database intact, and
+        a user who moved it aside would lose the record of every stored product.
+        """
+        text = str(exc)
+        code = _sqlite_error_name(exc)
+        if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text or "busy" in text:
+            return StorageError(
+                f"database {self.path} is locked: {text}",
+                hint="another offline-cli is holding it; try again, or raise --db-timeout",
+            )
+        if self.read_only_reason is not None and (
+            code.startswith("SQLITE_READONLY") or "readonly" in text
+        ):
+            return StoreUnwritable(
+                f"cannot change the store: {self.read_only_reason}",
+                hint="free some space or make the home writable; read commands still work",
+                disk_full=self._nearly_full(),
+            )
+        if (
+            code.startswith("SQLITE_FULL")
+            or "is full" in text
+            or (code.startswith("SQLITE_IOERR") and self._nearly_full())
+        ):
+            return StoreUnwritable(
+                f"database {self.path} cannot be written: the disk is full ({text})",
+                hint="free some space (`delete` works on a full disk); the database is intact",
+                disk_full=True,
+            )
+        if code.startswith("SQLITE_IOERR") or "I/O error" in text:
+            return StoreUnwritable(
+                f"I/O error on database {self.path}: {text}",
+                hint="check the disk (free space, kernel log); the database was not changed",
+            )
+        if code.startswith("SQLITE_READONLY") or "readonly" in text:
+            return StoreUnwritable(
+                f"database {self.path} is read-only: {text}",
+                hint="make the home folder and offline.db writable; read commands still work",
+            )
+        if self.path.exists() and not self.path.is_file():
+            # Not a database at all (a folder, a device): moving it aside loses nothing.
+            return StorageError(
+                f"database {self.path} is not a file: {text}",
+                hint=f"move it aside (mv '{self.path}' '{self.path}.broken') to start a store",
+            )
+        if code.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
+            return StoreUnwritable(
+                f"cannot open database {self.path}: {text}",
+                hint="check that the home folder and offline.db exist and are yours to read "
+                "and write",
+            )
+        verdict = self._integrity_fails()
+        if verdict:
+            return StorageError(
+                f"database {self.path} is damaged: {text} (PRAGMA integrity_check fails)",
                 hint=(
                     f"move it aside (mv '{self.path}' '{self.path}.broken') to start an empty "
-                    "store; stored files are then orphans that `cleanup` reclaims"
+                    "store; stored files are kept until they are older than the retention age"
                 ),
-            ) from exc
+            )
+        return StorageError(
+            f"database {self.path} failed: {text}",
+            hint=(
+                "PRAGMA integrity_check passes, so the file is sound; try again"
+                if verdict is False
+                else "try again; if it persists, check the disk (PRAGMA integrity_check "
+                "could not run)"
+            ),
+        )
+
+    def _nearly_full(self) -> bool:
+        try:
+            return shutil.disk_usage(self.path.parent).free < NEARLY_FULL_BYTES
+        except OSError:
+            return False
+
+    def _integrity_fails(self) -> bool | None:
+        """True only when SQLite itself says the file is damaged; None when it cannot tell."""
+        try:
+            conn = sqlite3.connect(f"file:{quote(str(self.path))}?mode=ro", uri=True, timeout=1)
+        except sqlite3.Error:
+            return None
+        try:
+            rows = conn.execute("PRAGMA integrity_check(1)").fetchall()
+        except sqlite3.DatabaseError as exc:
+            damaged = _sqlite_error_name(exc).startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or (
+                "malformed" in str(exc) or "not a database" in str(exc)
+            )
+            return True if damaged else None
+        finally:
+            conn.close()
+        return rows != [("ok",)]
+
+    def skip_bad_row(self, product_key: Any, error: BadRow) -> None:
+        """Remember a row a read skipped, so the command can name it once."""
+        self.bad_rows.setdefault(str(product_key), str(error))
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -497,16 +754,42 @@ class Store:
         finally:
             conn.close()
 
+    def quick_check(self) -> None:
+        """StorageError (with the move-aside hint) when PRAGMA quick_check finds damage."""
+        with self._errors():
+            rows = self._db.execute_sql("PRAGMA quick_check(1)").fetchall()
+        if rows != [("ok",)]:
+            raise self._storage_error(sqlite3.DatabaseError(f"quick_check: {rows[0][0]}"))
+
     def integrity_check(self) -> str:
         with self._errors():
             return str(self._db.execute_sql("PRAGMA integrity_check").fetchone()[0])
 
     # -- offlined entries ----------------------------------------------------------------
 
+    def _offlined(self, rows: Iterable[_OfflinedRow]) -> list[OfflinedEntry]:
+        entries = []
+        for row in rows:
+            try:
+                entries.append(_offlined_from_row(row))
+            except BadRow as exc:
+                self.skip_bad_row(row.product_key, exc)
+        return entries
+
+    def _downloads(self, rows: Iterable[_DownloadRow]) -> list[DownloadEntry]:
+        entries = []
+        for row in rows:
+            try:
+                entries.append(_download_from_row(row))
+            except BadRow as exc:
+                self.skip_bad_row(row.product_key, exc)
+        return entries
+
     def get_offlined(self, product_key: str) -> OfflinedEntry | None:
         with self._errors():
             row = _OfflinedRow.get_or_none(_OfflinedRow.product_key == product_key)
-        return _offlined_from_row(row) if row else None
+        found = self._offlined([row] if row else [])
+        return found[0] if found else None
 
     def offlined_by_key(self) -> dict[str, OfflinedEntry]:
         return {e.product_key: e for e in self.list_offlined()}
@@ -517,19 +800,13 @@ class Store:
             rows = list(
                 _DownloadRow.select().order_by(_DownloadRow.created_at, peewee.SQL("rowid"))
             )
-        return {row.product_key: _download_from_row(row) for row in rows}
+        latest = {row.product_key: row for row in rows}
+        return {e.product_key: e for e in self._downloads(latest.values())}
 
     def list_offlined(self) -> list[OfflinedEntry]:
         with self._errors():
             rows = list(_OfflinedRow.select().order_by(_OfflinedRow.completed_at))
-        return [_offlined_from_row(r) for r in rows]
-
-    def delete_offlined(self, product_key: str) -> bool:
-        with self.transaction():
-            deleted: int = (
-                _OfflinedRow.delete().where(_OfflinedRow.product_key == product_key).execute()
-            )
-        return deleted > 0
+        return self._offlined(rows)
 
     def set_invalid_reason(
         self, product_key: str, reason: str | None, *, mtime_ns: int | None = None
@@ -549,7 +826,9 @@ class Store:
         """
         with self.transaction():
             old_row = _OfflinedRow.get_or_none(_OfflinedRow.product_key == entry.product_key)
-            old = _offlined_from_row(old_row) if old_row else None
+            # A damaged old row is replaced all the same; its files are left to cleanup.
+            readable = self._offlined([old_row] if old_row else [])
+            old = readable[0] if readable else None
             fields = {k: getattr(entry, k) for k in _OfflinedRow._meta.fields}
             fields["product_type"] = entry.product_type.value
             _OfflinedRow.replace(**fields).execute()
@@ -572,7 +851,8 @@ class Store:
     def get_download(self, download_id: str) -> DownloadEntry | None:
         with self._errors():
             row = _DownloadRow.get_or_none(_DownloadRow.id == download_id)
-        return _download_from_row(row) if row else None
+        found = self._downloads([row] if row else [])
+        return found[0] if found else None
 
     def latest_download(self, product_key: str) -> DownloadEntry | None:
         with self._errors():
@@ -582,7 +862,10 @@ class Store:
                 .order_by(_DownloadRow.created_at.desc(), peewee.SQL("rowid DESC"))
                 .first()
             )
-        return _download_from_row(row) if row else None
+        # A damaged latest row hides the product's downloads rather than an older one
+        # being taken for the latest (and resumed).
+        found = self._downloads([row] if row else [])
+        return found[0] if found else None
 
     def list_downloads(
         self, states: Iterable[DownloadState] | None = None, product_key: str | None = None
@@ -594,7 +877,7 @@ class Store:
             query = query.where(_DownloadRow.product_key == product_key)
         with self._errors():
             rows = list(query)
-        return [_download_from_row(r) for r in rows]
+        return self._downloads(rows)
 
     def delete_download(self, download_id: str) -> None:
         with self.transaction():
@@ -614,22 +897,105 @@ class Store:
                 .group_by(_DownloadRow.product_key)
                 .tuples()
             )
-            downloads = [(float(at), str(key)) for key, at in grouped]
+            downloads = [(at, key) for key, at in grouped]
         first_seen: dict[str, float] = {}
-        for at, key in offlined + downloads:
+        for raw_at, raw_key in offlined + downloads:
+            # Damaged times sort first rather than breaking the listing.
+            at, key = _as_float(raw_at) or 0.0, str(raw_key)
             first_seen[key] = min(at, first_seen.get(key, at))
         return sorted(first_seen, key=lambda k: (first_seen[k], k))
+
+    def product_rows(self, product_key: str) -> ProductRows:
+        """The ids, files and URLs of a product's rows, whatever else they hold."""
+        with self._errors():
+            downloads = list(
+                _DownloadRow.select(
+                    _DownloadRow.id,
+                    _DownloadRow.state,
+                    _DownloadRow.partial_media_path,
+                    _DownloadRow.partial_license_path,
+                    _DownloadRow.media_url,
+                    _DownloadRow.license_url,
+                ).where(_DownloadRow.product_key == product_key)
+            )
+            offlined = _OfflinedRow.get_or_none(_OfflinedRow.product_key == product_key)
+        paths: list[str] = []
+        urls: list[str] = []
+        for d in downloads:
+            paths += _paths(d.partial_media_path, d.partial_license_path)
+            urls += _paths(d.media_url, d.license_url)
+        if offlined is not None:
+            paths += _paths(offlined.media_path, offlined.license_path)
+            urls += _paths(offlined.source_url, offlined.license_url)
+        return ProductRows(
+            download_ids=[str(d.id) for d in downloads],
+            cancelled_ids={str(d.id) for d in downloads if d.state == "CANCELLED"},
+            paths=paths,
+            urls=urls,
+        )
+
+    def forget_product(self, product_key: str, *, keep: Collection[str] = ()) -> None:
+        """Delete a product's rows (but the downloads in ``keep``) in one transaction."""
+        with self.transaction():
+            _OfflinedRow.delete().where(_OfflinedRow.product_key == product_key).execute()
+            _DownloadRow.delete().where(
+                (_DownloadRow.product_key == product_key) & _DownloadRow.id.not_in(list(keep))
+            ).execute()
+        self.bad_rows.pop(product_key, None)
+
+    def unreadable_entries(self) -> list[UnreadableEntry]:
+        """Every row a read would skip, with what cleanup needs to remove it."""
+        found: list[UnreadableEntry] = []
+        with self._errors():
+            downloads = list(_DownloadRow.select())
+            offlined = list(_OfflinedRow.select())
+        for d in downloads:
+            try:
+                _download_from_row(d)
+            except BadRow as exc:
+                found.append(
+                    UnreadableEntry(
+                        "download",
+                        str(d.id),
+                        str(d.product_key),
+                        str(exc),
+                        _as_float(d.updated_at),
+                        _paths(d.partial_media_path, d.partial_license_path),
+                    )
+                )
+        for o in offlined:
+            try:
+                _offlined_from_row(o)
+            except BadRow as exc:
+                found.append(
+                    UnreadableEntry(
+                        "offlined",
+                        str(o.product_key),
+                        str(o.product_key),
+                        str(exc),
+                        _as_float(o.completed_at),
+                        _paths(o.media_path, o.license_path),
+                    )
+                )
+        return found
+
+    def delete_unreadable(self, entry: UnreadableEntry) -> None:
+        with self.transaction():
+            if entry.table == "download":
+                _DownloadRow.delete().where(_DownloadRow.id == entry.row_id).execute()
+            else:
+                _OfflinedRow.delete().where(_OfflinedRow.product_key == entry.row_id).execute()
 
     def referenced_paths(self) -> set[str]:
         """Every file path some entry owns (for orphan detection)."""
         paths: set[str] = set()
         with self._errors():
             for o in _OfflinedRow.select(_OfflinedRow.media_path, _OfflinedRow.license_path):
-                paths.update(p for p in (o.media_path, o.license_path) if p)
+                paths.update(_paths(o.media_path, o.license_path))
             for d in _DownloadRow.select(
                 _DownloadRow.partial_media_path, _DownloadRow.partial_license_path
             ):
-                paths.update(p for p in (d.partial_media_path, d.partial_license_path) if p)
+                paths.update(_paths(d.partial_media_path, d.partial_license_path))
         return paths
 
     # -- metrics and settings --------------------------------------------------------------
@@ -662,19 +1028,33 @@ class Store:
         if since is not None:
             query = query.where(_MetricRow.at >= since)
         with self._errors():
-            return [
-                MetricEvent(
-                    r.at,
-                    r.event,
-                    r.product_key,
-                    r.duration_s,
-                    r.bytes,
-                    r.error_kind,
-                    r.attempts,
-                    r.detail,
-                )
-                for r in query
-            ]
+            rows = list(query)
+
+        def number(value: Any) -> Any:
+            return value if _as_float(value) is not None else None
+
+        def integer(value: Any) -> int | None:
+            known = _as_float(value)
+            return int(known) if known is not None else None
+
+        def text(value: Any) -> str | None:
+            return value if isinstance(value, str) else None
+
+        # A damaged metric row is skipped (or its damaged value dropped): health still runs.
+        return [
+            MetricEvent(
+                float(r.at),
+                r.event,
+                text(r.product_key),
+                number(r.duration_s),
+                integer(r.bytes),
+                text(r.error_kind),
+                integer(r.attempts),
+                text(r.detail),
+            )
+            for r in rows
+            if _as_float(r.at) is not None and isinstance(r.event, str)
+        ]
 
     def get_setting(self, key: str) -> str | None:
         with self._errors():
