@@ -326,6 +326,9 @@ class OfflineEngine:
         """None when valid by the cheap check (size and mtime), else the reason."""
         if entry.invalid_reason:
             return entry.invalid_reason
+        if os.path.islink(os.path.dirname(entry.media_path)):
+            # A folder planted as a link: its files are not ours, whatever their sizes say.
+            return "media folder is a symbolic link (not followed)"
         try:
             info = os.stat(entry.media_path, follow_symlinks=False)
         except OSError:

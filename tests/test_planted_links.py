@@ -260,6 +260,19 @@ def test_validate_does_not_follow_a_symlinked_product_folder(
     assert cli("state", KEY).stdout == "OFFLINED_BUT_NOT_VALID\n"
 
 
+def test_state_does_not_trust_a_symlinked_product_folder(
+    cli, home: Path, served: str, tmp_path: Path
+) -> None:
+    assert cli("offline", "-q", served, "--id", KEY).exit_code == 0
+    product_dir = home / "store" / product_dir_name(KEY)
+    outside = tmp_path / "elsewhere"
+    # A rename keeps sizes and times: only the link itself tells the files left the store.
+    product_dir.rename(outside)
+    product_dir.symlink_to(outside, target_is_directory=True)
+
+    assert cli("state", KEY).stdout == "OFFLINED_BUT_NOT_VALID\n"
+
+
 def test_validate_repair_does_not_write_through_a_symlinked_product_folder(
     cli, home: Path, linked_product: Path
 ) -> None:
