@@ -125,7 +125,7 @@ def describe_range(name: str) -> str:
     low, high = SETTING_RANGES[name]
     if name in _DURATIONS:
         return f"{format_seconds(low)} to {format_seconds(high)}"
-    return f"{low:g} to {high:g}"
+    return f"{low:.10g} to {high:.10g}"
 
 
 def _check_range(name: str, number: float) -> None:

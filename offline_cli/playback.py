@@ -163,10 +163,18 @@ def _decoded_chunks(response: httpx.Response) -> Iterator[bytes]:
         return
     if encoding not in ("gzip", "x-gzip", "deflate"):
         raise ValueError(f"unsupported Content-Encoding {shorten(encoding)!r}")
-    # gzip: a gzip header; deflate: a zlib header (RFC 9110), so 32 + 15 detects either.
+    # 32 + 15 reads a gzip or a zlib header (deflate per RFC 9110); some servers send deflate
+    # without its zlib header, so a first chunk that fails is tried again as raw deflate.
     inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)
+    first = True
     for raw in response.iter_raw():
         data = raw
+        if first and encoding == "deflate":
+            first = False
+            try:
+                zlib.decompressobj(32 + zlib.MAX_WBITS).decompress(data, 1)
+            except zlib.error:
+                inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         while data:
             yield inflater.decompress(data, MAX_PLAYBACK_INFO_BYTES + 1)
             data = inflater.unconsumed_tail
@@ -210,9 +218,16 @@ def fetch_playback_info(
                 )
             try:
                 body = read_capped_body(response)
-            except (ValueError, zlib.error) as exc:
+            except ValueError as exc:
                 raise PermanentError(
                     f"bad playback info from {host_of(url)}: {exc}", product=product.key
+                ) from None
+            except zlib.error:
+                encoding = response.headers.get("Content-Encoding", "")
+                raise PermanentError(
+                    f"bad playback info from {host_of(url)}: body is not valid "
+                    f"{shorten(encoding)!r} data",
+                    product=product.key,
                 ) from None
     except httpx.HTTPError as exc:
         raise wrap_http_error(exc, url, product.key, stall_timeout_s) from exc

@@ -10,6 +10,7 @@ import gzip
 import json
 import math
 import zlib
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -165,13 +166,23 @@ field_values = st.one_of(
     ),
     st.integers(min_value=-(2**70), max_value=2**70),
 )
-playback_documents = st.fixed_dictionaries(
-    {},
-    optional={
-        key: field_values
-        for key in ("url", "manifestMimeType", "licenseUrl", "sha256", "size", "licenseExpiresAt")
-    },
+OPTIONAL_FIELDS = ("licenseUrl", "sha256", "size", "licenseExpiresAt")
+playback_documents = st.one_of(
+    st.fixed_dictionaries(
+        {},
+        optional={key: field_values for key in ("url", "manifestMimeType", *OPTIONAL_FIELDS)},
+    ),
+    # Required fields right, so that the optional ones are what decides.
+    st.fixed_dictionaries(
+        {"url": st.just("http://127.0.0.1/m"), "manifestMimeType": st.just("audio/flac")},
+        optional={key: field_values for key in OPTIONAL_FIELDS},
+    ),
 )
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
 
 
 def _streamed(status: int, encoding: str, body: bytes) -> httpx.Response:
@@ -196,6 +207,37 @@ def _assert_info_or_bad_playback_info(body: bytes) -> None:
 @given(playback_documents)
 def test_any_playback_document_gives_info_or_bad_playback_info(document: dict[str, object]) -> None:
     _assert_info_or_bad_playback_info(json.dumps(document).encode())
+
+
+def _with(**fields: object) -> bytes:
+    return json.dumps({"url": "http://127.0.0.1/m", "manifestMimeType": "a/b", **fields}).encode()
+
+
+@given(st.integers(min_value=-(2**80), max_value=2**80))
+def test_size_is_accepted_exactly_within_its_range(size: int) -> None:
+    try:
+        info = parse_playback_info(_with(size=size), PRODUCT, "source")
+    except PermanentError as exc:
+        assert "'size'" in str(exc)
+        assert not 0 <= size <= 2**50
+        return
+    assert info.size == size and 0 <= size <= 2**50
+
+
+@given(
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+    st.integers(min_value=-14 * 60, max_value=14 * 60),
+)
+def test_license_expiry_is_accepted_exactly_within_its_range(when: datetime, minutes: int) -> None:
+    aware = when.replace(tzinfo=timezone(timedelta(minutes=minutes)))
+    try:
+        info = parse_playback_info(_with(licenseExpiresAt=aware.isoformat()), PRODUCT, "source")
+    except PermanentError as exc:
+        assert "'licenseExpiresAt'" in str(exc)
+        assert not datetime(1970, 1, 1, tzinfo=UTC) <= aware <= datetime(3000, 1, 1, tzinfo=UTC)
+        return
+    assert info.license_expires_at == aware
+    assert 0 <= aware.timestamp() <= datetime(3000, 1, 1, tzinfo=UTC).timestamp()
 
 
 @given(json_values)
@@ -231,7 +273,7 @@ def test_any_answer_over_http_gives_info_or_a_download_error(
     if compress and encoding in ("gzip", "gzip, gzip"):
         body = gzip.compress(body)
     elif compress and encoding == "deflate":
-        body = zlib.compress(body)
+        body = zlib.compress(body) if len(body) % 2 else _raw_deflate(body)
 
     def answer(request: httpx.Request) -> httpx.Response:
         return _streamed(status, encoding, body)
@@ -251,7 +293,13 @@ def test_decoded_cap_is_exact() -> None:
     at_cap = document[:-2] + b" " * (MAX_PLAYBACK_INFO_BYTES - len(document)) + document[-2:]
     assert len(at_cap) == MAX_PLAYBACK_INFO_BYTES
     for body in (at_cap, at_cap[:-2] + b" " + at_cap[-2:]):
-        for encoding, encoded in (("identity", body), ("gzip", gzip.compress(body))):
+        encodings = (
+            ("identity", body),
+            ("gzip", gzip.compress(body)),
+            ("deflate", zlib.compress(body)),
+            ("deflate", _raw_deflate(body)),
+        )
+        for encoding, encoded in encodings:
 
             def answer(request: httpx.Request, encoded: bytes = encoded, enc: str = encoding):
                 return _streamed(200, enc, encoded)
