@@ -32,8 +32,10 @@ from offline_cli.transfer import make_client
 PRODUCT = MediaProduct(ProductType.TRACK, "1")
 NO_HOME = Path("/nonexistent-offline-cli-home")
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# No deadline: the machine is shared and a slow example is not a wrong one.
+RELAXED = settings(deadline=None)
 # The autouse fixture isolates the environment once per test, which is what these need.
-FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+FIXTURE_OK = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 numbers_as_text = st.one_of(
     st.text(max_size=30),
@@ -51,6 +53,7 @@ def _assert_short_and_printable(message: str) -> None:
 # -- durations and numbers -------------------------------------------------------------------------
 
 
+@RELAXED
 @given(numbers_as_text)
 def test_parse_duration_gives_a_finite_duration_or_usage_error(text: str) -> None:
     try:
@@ -62,11 +65,13 @@ def test_parse_duration_gives_a_finite_duration_or_usage_error(text: str) -> Non
     assert math.isfinite(seconds) and seconds >= 0
 
 
+@RELAXED
 @given(st.integers(0, 10**12), st.sampled_from(sorted(UNITS)))
 def test_parse_duration_reads_what_it_is_given(n: int, unit: str) -> None:
     assert parse_duration(f"{n}{unit}") == n * UNITS[unit]
 
 
+@RELAXED
 @given(numbers_as_text)
 def test_parse_count_and_number_give_a_value_or_usage_error(text: str) -> None:
     for parse in (parse_count, parse_number):
@@ -204,6 +209,7 @@ def _assert_info_or_bad_playback_info(body: bytes) -> None:
         info.license_expires_at.timestamp()  # storable
 
 
+@RELAXED
 @given(playback_documents)
 def test_any_playback_document_gives_info_or_bad_playback_info(document: dict[str, object]) -> None:
     _assert_info_or_bad_playback_info(json.dumps(document).encode())
@@ -213,6 +219,7 @@ def _with(**fields: object) -> bytes:
     return json.dumps({"url": "http://127.0.0.1/m", "manifestMimeType": "a/b", **fields}).encode()
 
 
+@RELAXED
 @given(st.integers(min_value=-(2**80), max_value=2**80))
 def test_size_is_accepted_exactly_within_its_range(size: int) -> None:
     try:
@@ -224,6 +231,7 @@ def test_size_is_accepted_exactly_within_its_range(size: int) -> None:
     assert info.size == size and 0 <= size <= 2**50
 
 
+@RELAXED
 @given(
     st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
     st.integers(min_value=-14 * 60, max_value=14 * 60),
@@ -240,11 +248,13 @@ def test_license_expiry_is_accepted_exactly_within_its_range(when: datetime, min
     assert 0 <= aware.timestamp() <= datetime(3000, 1, 1, tzinfo=UTC).timestamp()
 
 
+@RELAXED
 @given(json_values)
 def test_any_json_gives_info_or_bad_playback_info(value: object) -> None:
     _assert_info_or_bad_playback_info(json.dumps(value).encode())
 
 
+@RELAXED
 @given(
     st.one_of(
         st.binary(max_size=2000),
@@ -256,6 +266,7 @@ def test_any_bytes_give_info_or_bad_playback_info(body: bytes) -> None:
     _assert_info_or_bad_playback_info(body)
 
 
+@RELAXED
 @given(
     body=st.one_of(
         st.binary(max_size=3000),
