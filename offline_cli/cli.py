@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -22,7 +22,13 @@ import typer
 import typer.core
 
 from offline_cli import __version__
-from offline_cli.config import Settings, config_file_path, load_settings
+from offline_cli.config import (
+    Settings,
+    check_in_range,
+    config_file_path,
+    load_settings,
+    read_capped,
+)
 from offline_cli.engine import OfflineEngine, Outcome
 from offline_cli.errors import (
     BusyError,
@@ -177,20 +183,47 @@ class _HumanEvents(logging.Formatter):
         return escape_controls(line)
 
 
+class _QuietStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Events on stderr; when stderr itself fails there is nowhere to complain: stay silent."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
+class _LogFileHandler(logging.FileHandler):
+    """JSON lines to the log file; a failing write (a full disk, ``/dev/full``) is reported
+    once, in one line, and never as logging's own traceback: the download goes on."""
+
+    reported = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if self.reported:
+            return
+        self.reported = True
+        reason = sys.exc_info()[1]
+        detail = getattr(reason, "strerror", None) or reason or "write failed"
+        with suppress(Exception):
+            sys.stderr.write(
+                f"{PROG}: warning: cannot write log file {self.baseFilename}: "
+                f"{detail}; further log events are dropped\n"
+            )
+            sys.stderr.flush()
+
+
 def _setup_logging(verbose: bool, log_file: str | None) -> None:
     logger = logging.getLogger("offline_cli")
     logger.handlers.clear()
     logger.propagate = False
     logger.setLevel(logging.INFO if (verbose or log_file) else logging.WARNING)
     if verbose:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _QuietStderrHandler(sys.stderr)
         handler.setFormatter(_HumanEvents())
         logger.addHandler(handler)
     if log_file:
         try:
             # A new log file is owner-only whatever the umask (it names products and hosts).
             os.close(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE))
-            file_handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
+            file_handler = _LogFileHandler(log_file, mode="a", encoding="utf-8")
         except OSError as exc:
             raise ConfigError(
                 f"cannot write log file {log_file}: {exc.strerror or exc}",
@@ -380,13 +413,35 @@ def _product_from_name(name: str) -> MediaProduct:
     return MediaProduct(product_type, product_id)
 
 
+# A list of products is text, one a line: 64 MiB is hundreds of thousands of long URLs, and
+# far from what an accidental `-i /dev/zero` or a huge log would otherwise read into memory.
+MAX_INPUT_BYTES = 64 << 20
+
+
+def _read_stdin_capped(limit: int) -> bytes:
+    if sys.stdin is None:  # started with standard input closed
+        return b""
+    stream = getattr(sys.stdin, "buffer", None)
+    data = stream.read(limit + 1) if stream is not None else sys.stdin.read(limit + 1).encode()
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit >> 20} MiB")
+    return bytes(data)
+
+
 def _read_product_lines(source: str) -> list[str]:
     try:
-        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+        if source == "-":
+            data = _read_stdin_capped(MAX_INPUT_BYTES)
+        else:
+            # A pipe is fine (`-i <(make-list)`); a device or a folder is a mistake.
+            data = read_capped(Path(source), MAX_INPUT_BYTES, allow_pipe=True)
+        text = data.decode("utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read -i {source}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise UsageError(f"cannot read -i {source}: not UTF-8 text") from None
+    except ValueError as exc:
+        raise UsageError(f"cannot read -i {source}: {exc}") from None
     lines = []
     # Only "\n" ends a line: splitlines() and strip() would also split at or drop controls
     # such as U+0085 and U+001E, and a URL holding one must be refused, not cut in two.
@@ -397,13 +452,16 @@ def _read_product_lines(source: str) -> list[str]:
     return lines
 
 
-def _duration(text: str | None, option: str) -> float | None:
+def _duration(text: str | None, option: str, within: str | None = None) -> float | None:
+    """Parse a duration option; ``within`` names the setting whose range it shares (options
+    that feed a setting are range-checked with the setting itself)."""
     if text is None:
         return None
     try:
-        return parse_duration(text)
+        seconds = parse_duration(text)
     except UsageError as exc:
         raise UsageError(f"{option}: {exc.message}", hint=exc.hint) from None
+    return seconds if within is None else check_in_range(within, seconds, option)
 
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")]
@@ -441,7 +499,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(
     home: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--home",
             help=f"Home folder of the store (default ${HOME_ENV} or the user data folder).",
@@ -462,11 +520,15 @@ def _main(
     ] = None,
 ) -> None:
     """A resilient download manager for media products."""
-    _globals.home = home.expanduser() if home else None
+    _globals.home = None
     _globals.log_file = log_file
     _globals.db_timeout = None
     _output.quiet, _output.verbose = quiet, verbose
     try:
+        if home is not None and not home.strip():
+            # An empty path would quietly mean the current folder.
+            raise UsageError("--home: empty path", hint="name the home folder, e.g. --home ~/media")
+        _globals.home = Path(home).expanduser() if home is not None else None
         _globals.db_timeout = _duration(db_timeout, "--db-timeout")
     except UsageError as exc:
         _fail(exc)
@@ -722,7 +784,7 @@ def cleanup(
     """Remove partial data, orphaned files and old failed/cancelled entries."""
     _set_output(quiet, verbose)
     try:
-        age = _duration(older_than, "--older-than")
+        age = _duration(older_than, "--older-than", within="retention")
         engine = _engine()
         report = engine.perform_maintenance_cleanup(age, dry_run=dry_run)
     except OfflineError as exc:
@@ -789,7 +851,7 @@ def health(
 ) -> None:
     """Report recorded download metrics."""
     try:
-        window = _duration(since, "--since")
+        window = _duration(since, "--since", within="retention")
         engine = _engine()
         report = engine.get_download_health(window)
     except OfflineError as exc:

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import errno
+import math
 import os
+import stat
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from offline_cli.errors import ConfigError, UsageError
-from offline_cli.models import check_url, parse_duration
+from offline_cli.models import check_url, parse_count, parse_duration, parse_number, shorten
 from offline_cli.paths import APP_NAME, default_home
 
 CONFIG_ENV = "OFFLINE_CLI_CONFIG"
 ENV_PREFIX = "OFFLINE_CLI_"
 CONFIG_FILE_NAME = "config.toml"
+FLAGS_TABLE = "flags"
+# A config file is a few lines; more than this is not one (``/dev/zero``, a log by mistake).
+MAX_CONFIG_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,24 @@ _DURATIONS = {
     "retention",
     "maintenance_interval",
 }
+_MINUTE, _HOUR, _DAY = 60.0, 3600.0, 86400.0
+
+# The allowed range (inclusive) of every number a user can set, from the command line, the
+# environment or the config file alike. Durations are seconds. A numeric setting needs its line
+# here (a test checks that each has one); the README's configuration section lists the same.
+SETTING_RANGES: dict[str, tuple[float, float]] = {
+    "retries": (0, 100),
+    "backoff_base": (0.0, 5 * _MINUTE),
+    "backoff_max": (0.0, _HOUR),
+    "retry_after_max": (0.0, _DAY),
+    "stall_timeout": (0.1, _DAY),  # 0 would fail every read
+    "connect_timeout": (0.1, _HOUR),
+    "network_timeout": (0.0, 7 * _DAY),  # 0: fail at once instead of waiting for the host
+    "db_timeout": (0.0, _DAY),
+    "retention": (0.0, 3650 * _DAY),
+    "maintenance_interval": (0.0, 365 * _DAY),  # 0 switches it off
+    "min_speed": (0, 10**9),  # bytes a second (1 GB/s); 0 switches the speed floor off
+}
 FLAG_NAMES = (
     "enhanced_download_management",
     "download_retry",
@@ -89,6 +113,113 @@ def config_file_path(home: Path | None = None) -> Path:
     return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False)) / CONFIG_FILE_NAME
 
 
+def format_seconds(seconds: float) -> str:
+    """A duration as the config takes it: ``1d``, ``5m``, ``0.1s``."""
+    if not math.isfinite(seconds):
+        return str(seconds)
+    for unit, size in (("w", 7 * _DAY), ("d", _DAY), ("h", _HOUR), ("m", _MINUTE)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:.10g}{unit}"
+    return f"{seconds:.10g}s"
+
+
+def describe_range(name: str) -> str:
+    """``0.1s to 1d`` or ``0 to 100``: the documented range of a numeric setting."""
+    low, high = SETTING_RANGES[name]
+    if name in _DURATIONS:
+        return f"{format_seconds(low)} to {format_seconds(high)}"
+    return f"{low:.10g} to {high:.10g}"
+
+
+def _check_range(name: str, number: float) -> None:
+    """TypeError naming the range when ``number`` is not finite or not inside it."""
+    low, high = SETTING_RANGES[name]
+    # An int is compared as it is: a 400-digit one does not convert to float.
+    if not isinstance(number, int) and not math.isfinite(number):
+        raise TypeError(f"expected a finite number, got {number}")
+    if not low <= number <= high:
+        shown = format_seconds(number) if name in _DURATIONS else str(number)
+        raise TypeError(f"{shorten(shown)} is out of range ({describe_range(name)})")
+
+
+def check_in_range(name: str, number: float, where: str) -> float:
+    """``number`` when it is inside the range of setting ``name``, else ConfigError naming
+    ``where`` (an option such as ``--older-than`` that shares a setting's range)."""
+    try:
+        _check_range(name, number)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return number
+
+
+def read_capped(path: Path, limit: int, *, allow_pipe: bool = False) -> bytes:
+    """The bytes of a regular file (or a pipe, when allowed) of at most ``limit`` bytes.
+
+    Raises OSError when it cannot be read and ValueError, with a message for the user, when it
+    is a device or folder or is larger than ``limit``: a typo such as ``/dev/zero`` must not
+    read forever.
+    """
+    # O_NONBLOCK: opening a FIFO that no one writes to must not hang before we can look at it.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISFIFO(mode) and allow_pipe:
+            os.set_blocking(fd, True)
+        elif stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        elif not stat.S_ISREG(mode):
+            raise ValueError("not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as stream:
+        data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit // (1 << 20)} MiB")
+    return data
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        raw = read_capped(path, MAX_CONFIG_BYTES)
+        return tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+
+
+def _config_values(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The settings of a parsed config file; anything unknown or misplaced is an error."""
+    where = f"config file {path}"
+    flags = data.pop(FLAGS_TABLE, {})
+    if not isinstance(flags, dict):
+        raise ConfigError(f"{where}: [{FLAGS_TABLE}] must be a table")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            raise ConfigError(
+                f"{where}: unknown section [{key}]",
+                hint=f"settings go at the top level, flags in [{FLAGS_TABLE}]",
+            )
+        if key in FLAG_NAMES:
+            raise ConfigError(f"{where}: {key!r} is a flag: put it in [{FLAGS_TABLE}]")
+        if key not in _FIELD_TYPES:
+            raise ConfigError(f"{where}: unknown key {key!r}")
+        values[key] = value
+    for key, value in flags.items():
+        if key in _FIELD_TYPES and key not in FLAG_NAMES:
+            raise ConfigError(
+                f"{where}: {key!r} is not a flag: put it above [{FLAGS_TABLE}], at the top level"
+            )
+        if key not in FLAG_NAMES:
+            raise ConfigError(f"{where}: unknown flag {key!r} in [{FLAGS_TABLE}]")
+        values[key] = value
+    return values
+
+
 def _coerce(name: str, value: Any, where: str) -> Any:
     """Check and convert one value, naming the key and the place when it is wrong."""
     kind = _FIELD_TYPES[name]
@@ -102,28 +233,28 @@ def _coerce(name: str, value: Any, where: str) -> Any:
                 return False
             raise TypeError("expected true or false")
         if kind == "int":
-            if isinstance(value, bool):
-                raise TypeError("expected a whole number")
-            number = int(value) if isinstance(value, str) else value
-            if not isinstance(number, int) or number < 0:
-                raise TypeError("expected a whole number >= 0")
-            return number
-        if name in _DURATIONS:
-            if isinstance(value, bool):
-                raise TypeError("expected a duration")
-            if isinstance(value, int | float):
-                if value < 0:
-                    raise TypeError("expected a duration >= 0")
-                return float(value)
             if isinstance(value, str):
-                return parse_duration(value)
-            raise TypeError("expected a duration such as 30s or 7d")
+                value = parse_count(value)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError("expected a whole number")
+            _check_range(name, value)
+            return value
+        if kind == "float":
+            if isinstance(value, str):
+                value = parse_number(value) if name not in _DURATIONS else parse_duration(value)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                what = "a duration such as 30s or 7d" if name in _DURATIONS else "a number"
+                raise TypeError(f"expected {what}")
+            _check_range(name, value)
+            return float(value)
         if not isinstance(value, str):
             raise TypeError("expected a string")
         if name == "source":
             check_url(value.replace("{type}", "track").replace("{id}", "1"))
         return value
-    except (TypeError, ValueError, UsageError) as exc:
+    except UsageError as exc:
+        raise ConfigError(f"{where}: invalid value for {name!r}: {exc.message}") from None
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: invalid value for {name!r}: {exc}") from None
 
 
@@ -137,19 +268,15 @@ def load_settings(
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}
     path = config_file_path(home)
-    if path.exists():
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-        flags = data.pop("flags", {})
-        if not isinstance(flags, dict):
-            raise ConfigError(f"config file {path}: [flags] must be a table")
-        for key, value in [*data.items(), *flags.items()]:
-            if key not in _FIELD_TYPES:
-                raise ConfigError(f"config file {path}: unknown key {key!r}")
+    named = bool(os.environ.get(CONFIG_ENV))
+    if named and not path.exists() and not path.is_symlink():
+        # A config the user named and that is not there is a mistake, not "no config".
+        raise ConfigError(
+            f"config file {path} (${CONFIG_ENV}) does not exist",
+            hint=f"fix or unset ${CONFIG_ENV}",
+        )
+    if path.exists() or named:
+        for key, value in _config_values(_read_config_file(path), path).items():
             values[key] = _coerce(key, value, f"config file {path}")
             origins[key] = f"config file {path}"
     for name in _FIELD_TYPES:

@@ -536,11 +536,12 @@ class OfflineEngine:
         started = self._monotonic()
         entry: DownloadEntry | None = None
         self.listener.offlining_started(product)
-        self._record("download_started", product_key=product.key)
         try:
             client = self._client()
             from_source = product.url is None
             product = self._resolve(product, client)
+            # Started once its media URL is known: a bad playback-info answer starts nothing.
+            self._record("download_started", product_key=product.key)
             entry = self._prepare_entry(product, from_source=from_source)
             self._event("state_changed", product=product.key, to="IN_PROGRESS")
             run = ProductRun(self, product, entry, client)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -181,8 +182,14 @@ def check_sha256(text: str) -> str:
     return text.lower()
 
 
-_DURATION_RE = re.compile(r"^(?P<n>\d+(?:\.\d+)?)(?P<unit>[smhdw]?)$")
+# ASCII digits only: ``\d`` would also take other scripts' digits.
+_DURATION_RE = re.compile(r"^(?P<n>[0-9]+(?:\.[0-9]+)?)(?P<unit>[smhdw]?)$")
+_COUNT_RE = re.compile(r"^[0-9]+$")
+_NUMBER_RE = re.compile(r"^[0-9]+(?:\.[0-9]+)?$")
+# Longer than any sensible number; past it a number is refused before it is converted.
+_MAX_NUMBER_CHARS = 64
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SHOWN_INPUT_CHARS = 40
 
 
 def human_bytes(n: float) -> str:
@@ -194,14 +201,50 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TB"  # pragma: no cover - loop always returns
 
 
+def shorten(text: str, limit: int = _SHOWN_INPUT_CHARS) -> str:
+    """``text`` cut to ``limit`` characters for a message (a 400-digit input stays readable)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def parse_duration(text: str) -> float:
-    """Parse ``90s``, ``30m``, ``12h``, ``7d``, ``2w`` or a bare number of seconds."""
+    """Parse ``90s``, ``30m``, ``12h``, ``7d``, ``2w`` or a bare number of seconds.
+
+    Always finite and >= 0; whether it is in range is the caller's (config's) question.
+    """
     match = _DURATION_RE.match(text.strip())
     if match is None:
         raise UsageError(
-            f"malformed duration {text!r}", hint="use a number with s, m, h, d or w, e.g. 7d"
+            f"malformed duration {shorten(text)!r}",
+            hint="use a number with s, m, h, d or w, e.g. 7d",
         )
-    return float(match.group("n")) * _UNIT_SECONDS[match.group("unit")]
+    return _finite(text, float(match.group("n")) * _UNIT_SECONDS[match.group("unit")])
+
+
+def parse_count(text: str) -> int:
+    """Parse a whole number >= 0 written in ASCII digits (``5``), or raise UsageError."""
+    if _COUNT_RE.match(text.strip()) is None:
+        raise UsageError(f"malformed whole number {shorten(text)!r}", hint="e.g. 5")
+    if len(text.strip()) > _MAX_NUMBER_CHARS:
+        raise _too_large(text)
+    return int(text.strip())
+
+
+def parse_number(text: str) -> float:
+    """Parse a finite number >= 0 written in ASCII digits (``1024``, ``0.5``), or raise."""
+    if _NUMBER_RE.match(text.strip()) is None:
+        raise UsageError(f"malformed number {shorten(text)!r}", hint="e.g. 1024 or 0.5")
+    return _finite(text, float(text.strip()))
+
+
+def _finite(text: str, value: float) -> float:
+    """``value`` unless it overflowed (or its text is absurdly long): then UsageError."""
+    if not math.isfinite(value) or len(text.strip()) > _MAX_NUMBER_CHARS:
+        raise _too_large(text)
+    return value
+
+
+def _too_large(text: str) -> UsageError:
+    return UsageError(f"number {shorten(text)!r} is too large")
 
 
 @dataclass(frozen=True)
