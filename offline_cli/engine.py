@@ -754,8 +754,20 @@ class OfflineEngine:
     def delete_all_offlined_media_products(self) -> bool:
         """Remove every product, its files and entries; never follows a link out of home."""
         keys = self.store.known_product_keys()
+        stuck: list[str] = []
         for key in keys:
-            self._delete_key(key)
+            try:
+                self._delete_key(key)
+            except DownloadError:
+                stuck.append(key)  # carry on with the others, as `delete` does
+        if stuck:
+            # A download that has not stopped yet still writes its partial file and reads the
+            # vault: sweeping the folders now would pull them from under it.
+            raise DownloadError(
+                f"{len(stuck)} running download(s) did not stop within {CANCEL_WAIT_S:g}s and "
+                f"were not deleted: {', '.join(stuck)}; everything else was",
+                hint="they have been asked to cancel; run delete-all again in a moment",
+            )
         # Anything else in the store and partial folders is an orphan of nothing.
         for folder in (self.layout.store_dir, self.layout.partial_dir):
             if folder.is_symlink():

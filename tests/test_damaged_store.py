@@ -307,6 +307,26 @@ def test_delete_of_several_carries_on_after_a_cancel_timeout(
     assert cli("state", stuck.key).stdout.strip() == "OFFLINED_AND_VALID"
 
 
+def test_delete_all_carries_on_after_a_cancel_timeout_and_keeps_the_running_download(
+    cli, make_engine, sim, home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "a-stuck" sorts first, so a delete-all that stops at it never reaches "b-free".
+    stuck, free = _offline(make_engine, sim, "a-stuck", "b-free")
+    monkeypatch.setattr("offline_cli.engine.CANCEL_WAIT_S", 0.3)
+    running_partial = home / "partial" / "running.media.part"
+    running_partial.write_bytes(b"bytes of a download that has not stopped yet")
+    with FileLock(home / "locks" / Path(make_engine().layout.lock_path(stuck.key)).name):
+        result = cli("delete-all", "--yes")
+    assert result.exit_code == 1, result.output
+    assert "did not stop" in result.stderr and stuck.key in result.stderr
+    assert "Traceback" not in result.output
+    assert cli("state", free.key).stdout.strip() == "NOT_OFFLINED"
+    assert cli("state", stuck.key).stdout.strip() == "OFFLINED_AND_VALID"
+    assert running_partial.exists()  # the folders were not swept under a running download
+    assert cli("delete-all", "--yes").exit_code == 0
+    assert cli("state").stdout == ""
+
+
 # -- unknown values in a readable database ------------------------------------------------------
 
 
