@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -34,12 +35,14 @@ from offline_cli.errors import (
     BusyError,
     ConfigError,
     DownloadError,
+    DownloadInterrupted,
     OfflineError,
     StorageError,
     Terminated,
     UsageError,
 )
 from offline_cli.listener import OfflineEngineListener
+from offline_cli.maintenance import ValidationResult
 from offline_cli.models import (
     MediaProduct,
     check_sha256,
@@ -58,7 +61,7 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY, EXIT_STORAGE = 0, 1, 2, 3, 4
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
-_PAUSED_NOTE = "a download in progress was saved as PAUSED (run `offline-cli resume`)"
+_PAUSED_NOTE = "the download in progress was saved as PAUSED (run `offline-cli resume`)"
 PROG = "offline-cli"
 
 
@@ -96,7 +99,7 @@ class _OneLineErrors(typer.core.TyperGroup):
         # Without standalone mode typer returns the exit code (130 for Ctrl-C) or None.
         code = result if isinstance(result, int) else EXIT_OK
         if code == EXIT_SIGINT:
-            _print_error(f"interrupted; {_PAUSED_NOTE}")
+            _print_error(_interrupted_line("interrupted"))
         sys.exit(code)
 
 
@@ -119,6 +122,8 @@ app = typer.Typer(
 class _Output:
     quiet: bool = False
     verbose: bool = False
+    # Set when Ctrl-C or SIGTERM saved a running download as PAUSED (not for `state`).
+    paused_by_signal: bool = False
 
     @property
     def err(self) -> Console:
@@ -222,7 +227,18 @@ def _setup_logging(verbose: bool, log_file: str | None) -> None:
     if log_file:
         try:
             # A new log file is owner-only whatever the umask (it names products and hosts).
-            os.close(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE))
+            # O_NONBLOCK: a FIFO nobody reads fails here (ENXIO) instead of hanging the command.
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
+            fd = os.open(log_file, flags, PRIVATE_FILE_MODE)
+            try:
+                mode = os.fstat(fd).st_mode
+            finally:
+                os.close(fd)
+            if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+                raise ConfigError(
+                    f"cannot write log file {log_file}: not a regular file",
+                    hint="give --log-file a file (or a device such as /dev/stderr)",
+                )
             file_handler = _LogFileHandler(log_file, mode="a", encoding="utf-8")
         except OSError as exc:
             raise ConfigError(
@@ -290,6 +306,8 @@ class _Reporter(OfflineEngineListener):
         self._finish(product, f"{product.key}: done ({size} in {elapsed:.1f}s)")
 
     def offlining_failed(self, product: MediaProduct, error: OfflineError) -> None:
+        if isinstance(error, DownloadInterrupted):
+            _output.paused_by_signal = True
         self._finish(product, None)
 
     def validation_progress(self, checked: int, total: int) -> None:
@@ -825,12 +843,21 @@ def validate(
             results = engine.validate_downloads(
                 wanted, repair=repair, on_progress=reporter.validation_progress
             )
+        # A row that could not be read is damage validate must report: never a silent pass.
+        checked = {r.product_key for r in results}
+        results += [
+            ValidationResult(key, False, f"unreadable database entry ({reason})")
+            for key, reason in engine.skipped_entries.items()
+            if key not in checked
+        ]
     except OfflineError as exc:
         _fail(exc)
     if json_out:
         _data(json.dumps([r.to_dict() for r in results], indent=2))
     else:
         for r in results:
+            if r.valid and _output.quiet:
+                continue  # -q: only what needs attention, so cron mails only on damage
             if r.valid:
                 _data(f"{r.product_key}\tVALID" + ("\t(repaired)" if r.repaired else ""))
             else:
@@ -935,6 +962,11 @@ def show_config(json_out: Json = False) -> None:
 # -- entry point ---------------------------------------------------------------------------------
 
 
+def _interrupted_line(what: str) -> str:
+    """What a signal did: the PAUSED note only when a download was actually saved as PAUSED."""
+    return f"{what}; {_PAUSED_NOTE}" if _output.paused_by_signal else what
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
 
@@ -945,10 +977,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         app(args=list(argv) if argv is not None else None, prog_name=PROG)
     except KeyboardInterrupt:
-        _print_error(f"interrupted; {_PAUSED_NOTE}")
+        _print_error(_interrupted_line("interrupted"))
         sys.exit(EXIT_SIGINT)
     except Terminated:
-        _print_error(f"terminated; {_PAUSED_NOTE}")
+        _print_error(_interrupted_line("terminated"))
         sys.exit(EXIT_SIGTERM)
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -30,6 +30,7 @@ from offline_cli.errors import (
     ChecksumMismatch,
     DownloadCancelled,
     DownloadError,
+    DownloadInterrupted,
     OfflineError,
     PermanentError,
     StorageError,
@@ -671,7 +672,9 @@ class OfflineEngine:
         self._event("download_paused", product=product.key, reason=type(exc).__name__)
         self.listener.offlining_failed(
             product,
-            DownloadError("interrupted; saved as PAUSED", product=product.key, hint="run `resume`"),
+            DownloadInterrupted(
+                "interrupted; saved as PAUSED", product=product.key, hint="run `resume`"
+            ),
         )
 
     # -- delete ------------------------------------------------------------------------------

@@ -13,7 +13,8 @@
     │   │   ├── DiskFull              not enough space under the home folder
     │   │   └── ProductNotFound       the playback-info source answered 404
     │   ├── UnknownDownloadError      anything unclassified                       (one retry)
-    │   └── DownloadCancelled         deleted by another process while running
+    │   ├── DownloadCancelled         deleted by another process while running
+    │   └── DownloadInterrupted       Ctrl-C or SIGTERM: the download was saved as PAUSED
     ├── BusyError                     another process is downloading it, --no-wait (exit 3)
     └── StorageError                  the store itself is unusable                (exit 4)
         └── StoreUnwritable           full disk, read-only home, I/O error: reads still work
@@ -169,6 +170,10 @@ class DownloadCancelled(DownloadError):
     """The download was cancelled (deleted) by another process while it ran."""
 
     kind = "cancelled"
+
+
+class DownloadInterrupted(DownloadError):
+    """Ctrl-C or SIGTERM stopped the download; it was saved as PAUSED for `resume`."""
 
 
 class BusyError(OfflineError):

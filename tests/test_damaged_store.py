@@ -383,7 +383,10 @@ def test_a_bad_offlined_row_is_skipped_and_deletable(cli, make_engine, sim, home
     assert f"{good.key}\tOFFLINED_AND_VALID" in state.stdout
     assert bad.key in state.stderr and "unreadable" in state.stderr
     validate = cli("validate")
-    assert validate.exit_code == 0 and good.key in validate.stdout
+    # The damage is reported, not passed over: a cron job must notice it.
+    assert validate.exit_code == 1, validate.output
+    assert f"{good.key}\tVALID" in validate.stdout
+    assert f"{bad.key}\tINVALID\tunreadable database entry" in validate.stdout
     deleted = cli("delete", bad.key)
     assert deleted.exit_code == 0, deleted.output
     assert len(_stored_files(home)) == 1

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from filelock import FileLock
 
 from offline_cli import MediaProduct, OfflineEngine, ProductType
 from offline_cli.download import ProductRun as _ProductRun
@@ -126,6 +127,28 @@ def test_signal_pauses_then_resume_fetches_only_missing_bytes(
     assert sim.bytes_sent("/media") - sent_before == len(BODY) - on_disk
     assert sim.requests("/media")[-1].range == f"bytes={on_disk}-"
     _assert_complete(procs, home, url, BODY)
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_while_no_download_runs_says_nothing_was_paused(
+    sim: NetSim, procs: Procs, home: Path, signum: int, code: int
+) -> None:
+    sim.add("/media", Resource(BODY))
+    url = sim.url("/media")
+    engine = OfflineEngine(home)
+    lock_path = engine.layout.lock_path(MediaProduct.from_url(url).key)
+    engine.store  # noqa: B018 - create the home and its folders
+    engine.close()
+
+    # Another "process" holds the product: the child only waits, it downloads nothing.
+    with FileLock(lock_path):
+        child = procs.spawn("offline", url)
+        _until(lambda: "waiting for its outcome" in child.stderr(), "the child waits")
+        child.popen.send_signal(signum)
+        assert child.wait(10) == code
+    assert "Traceback" not in child.stderr()
+    assert "PAUSED" not in child.stderr()
+    assert child.stderr().strip().endswith("interrupted" if code == 130 else "terminated")
 
 
 # -- kill -9 ----------------------------------------------------------------------------------

@@ -1,0 +1,43 @@
+"""Defects a review of the hardened tool found: each test fails on the code before its fix."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pytest_httpserver import HTTPServer
+
+BODY = b"review" * 1000
+
+
+def test_log_file_that_is_a_fifo_nobody_reads_is_refused_not_waited_on(
+    tmp_path: Path, home: Path
+) -> None:
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    env = {**os.environ, "OFFLINE_CLI_HOME": str(home)}
+    # A child with a time limit: opening the FIFO for writing would block forever.
+    result = subprocess.run(
+        [sys.executable, "-m", "offline_cli", "--log-file", str(fifo), "state"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "cannot write log file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_quiet_prints_only_what_needs_attention(
+    cli, home: Path, httpserver: HTTPServer
+) -> None:
+    httpserver.expect_request("/m").respond_with_data(BODY)
+    url = httpserver.url_for("/m")
+    assert cli("offline", "-q", url).exit_code == 0
+    quiet = cli("validate", "-q")
+    assert quiet.exit_code == 0 and quiet.output == ""
+    assert cli("validate").stdout == f"{url}\tVALID\n"
