@@ -188,6 +188,11 @@ class _HumanEvents(logging.Formatter):
         return escape_controls(line)
 
 
+class _Warnings(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return escape_controls(f"{PROG}: warning: {record.getMessage()}")
+
+
 class _QuietStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Events on stderr; when stderr itself fails there is nowhere to complain: stay silent."""
 
@@ -224,6 +229,13 @@ def _setup_logging(verbose: bool, log_file: str | None) -> None:
         handler = _QuietStderrHandler(sys.stderr)
         handler.setFormatter(_HumanEvents())
         logger.addHandler(handler)
+    else:
+        # Warnings (a metric the database could not take) still reach stderr, as one
+        # prefixed line like every other message, not through logging's bare fallback.
+        warnings = _QuietStderrHandler(sys.stderr)
+        warnings.setLevel(logging.WARNING)
+        warnings.setFormatter(_Warnings())
+        logger.addHandler(warnings)
     if log_file:
         try:
             # A new log file is owner-only whatever the umask (it names products and hosts).
@@ -486,7 +498,7 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Also print log events.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
 Retries = Annotated[
-    int | None, typer.Option("--retries", min=0, help="Retries without progress (default 5).")
+    int | None, typer.Option("--retries", help="Retries without progress (default 5, 0 to 100).")
 ]
 StallTimeout = Annotated[
     str | None, typer.Option("--stall-timeout", help="No bytes for this long is an error (30s).")

@@ -160,6 +160,9 @@ def test_full_disk_errors_say_full_disk_and_never_suggest_moving_the_database(
     assert (disk_home / "offline.db").read_bytes() == before
     assert cli("state", product.key).stdout.strip() == "OFFLINED_AND_VALID"
     _no_traceback(result.output)
+    # Every line is the tool's own (a metric it could not record is a prefixed warning).
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert all(line.startswith(("offline-cli:", sim.url("/new"))) for line in lines), lines
 
 
 def test_read_only_home_read_commands_work_and_writers_change_nothing(

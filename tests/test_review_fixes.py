@@ -41,3 +41,11 @@ def test_validate_quiet_prints_only_what_needs_attention(
     quiet = cli("validate", "-q")
     assert quiet.exit_code == 0 and quiet.output == ""
     assert cli("validate").stdout == f"{url}\tVALID\n"
+
+
+def test_retries_out_of_range_reads_like_every_other_number(cli, home: Path) -> None:
+    for value in ("-1", "101"):
+        result = cli("offline", "--retries", value, "http://127.0.0.1:9/x")
+        assert result.exit_code == 2, result.output
+        assert "out of range (0 to 100)" in result.stderr, result.stderr
+    assert not (home / "offline.db").exists()
