@@ -509,6 +509,17 @@ class OfflineEngine:
             license_expires_at=info.license_expires_at,
         )
 
+    def _refuse_expired_license(self, product: MediaProduct) -> None:
+        """A license already expired would be stored only to read OFFLINED_BUT_NOT_VALID at
+        once: fail before any byte is fetched."""
+        expires = product.license_expires_at
+        if expires is not None and expires.timestamp() <= self._clock():
+            raise PermanentError(
+                f"license expired at {expires.isoformat()}; nothing fetched",
+                product=product.key,
+                hint="the source hands out an expired license; try again when it renews it",
+            )
+
     def _policy(self) -> RetryPolicy:
         from offline_cli.retry import RetryPolicy
 
@@ -541,6 +552,7 @@ class OfflineEngine:
             client = self._client()
             from_source = product.url is None
             product = self._resolve(product, client)
+            self._refuse_expired_license(product)
             # Started once its media URL is known: a bad playback-info answer starts nothing.
             self._record("download_started", product_key=product.key)
             entry = self._prepare_entry(product, from_source=from_source)

@@ -49,3 +49,24 @@ def test_retries_out_of_range_reads_like_every_other_number(cli, home: Path) -> 
         assert result.exit_code == 2, result.output
         assert "out of range (0 to 100)" in result.stderr, result.stderr
     assert not (home / "offline.db").exists()
+
+
+def test_a_license_already_expired_fails_before_anything_is_fetched(
+    cli, home: Path, httpserver: HTTPServer
+) -> None:
+    info = {
+        "url": httpserver.url_for("/media"),
+        "licenseUrl": httpserver.url_for("/license"),
+        "manifestMimeType": "audio/flac",
+        "licenseExpiresAt": "2000-01-01T00:00:00Z",
+    }
+    httpserver.expect_request("/tracks/9").respond_with_json(info)
+    source = httpserver.url_for("/{type}s/{id}")
+
+    result = cli("offline", "track:9", "--source", source)
+
+    assert result.exit_code == 1, result.output
+    assert "license expired at 2000-01-01T00:00:00+00:00" in result.stderr
+    assert "Traceback" not in result.output
+    assert [r.path for r, _ in httpserver.log] == ["/tracks/9"]  # no media, no license
+    assert cli("state", "track:9").stdout == "NOT_OFFLINED\n"
