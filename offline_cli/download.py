@@ -412,7 +412,7 @@ class ProductRun(OfflineEngineListener):
                 if not raw or raw in (offlined.media_path, offlined.license_path):
                     continue
                 # The old row may be damaged: only a file of this product's folder goes.
-                path = layout.own_file(raw, key, partial=False)
+                path = self.engine.own_final_file(raw, key)
                 if path is None:
                     self.engine.report_foreign_path(key, column, raw)
                 elif path not in (final_media, final_license):  # the same file, named oddly

@@ -52,6 +52,7 @@ from offline_cli.paths import (
     PRIVATE_FILE_MODE,
     Layout,
     default_home,
+    product_dir_name,
     safe_remove,
     safe_remove_tree,
     touch_private,
@@ -327,7 +328,11 @@ class OfflineEngine:
         if entry.invalid_reason:
             return entry.invalid_reason
         for name, raw in (("media", entry.media_path), ("license", entry.license_path)):
-            owned = self.layout.own_file(raw, entry.product_key, partial=False)
+            # Only the shape here (this check runs for every product `state` lists): the
+            # files are looked at, never read; validate proves whose folder it is.
+            owned = self.layout.own_file(
+                raw, entry.product_key, partial=False, folder_ok=lambda folder: True
+            )
             if raw is not None and owned is None:
                 return f"{name} path is not a file of the store (not read)"
         if os.path.islink(os.path.dirname(entry.media_path)):
@@ -638,6 +643,27 @@ class OfflineEngine:
             if raw
         )
 
+    def own_final_file(self, raw: str | None, product_key: str) -> Path | None:
+        """The committed file ``raw`` names when it is one of ``product_key``'s files in the
+        store (Layout.own_file), else None. A folder other than the one its name gives is
+        its own too when no other product names it: a product renamed by schema 3 keeps
+        the folder of its old name."""
+        return self.layout.own_file(
+            raw,
+            product_key,
+            partial=False,
+            folder_ok=lambda folder: self._folder_unclaimed(folder, product_key),
+        )
+
+    def _folder_unclaimed(self, folder: str, product_key: str) -> bool:
+        for key in self.store.known_product_keys():
+            if key != product_key and product_dir_name(key) == folder:
+                return False
+        for key, paths in self.store.offlined_paths().items():
+            if key != product_key and any(Path(p).parent.name == folder for p in paths):
+                return False
+        return True
+
     def report_foreign_path(self, product_key: str, column: str, raw: str) -> None:
         """Name a row whose ``column`` points at a file the store does not own (offline.db,
         credentials.json, another product's media): that file is left in place."""
@@ -783,7 +809,7 @@ class OfflineEngine:
         fails is an orphan for cleanup, since no entry owns it any more."""
         try:
             for raw in rows.paths:
-                path = self.layout.own_file(raw, key, partial=False)
+                path = self.own_final_file(raw, key)
                 if path is None:
                     partial = self.layout.own_file(raw, key, partial=True)
                     owned = partial is not None and partial.name[:32] in rows.download_ids

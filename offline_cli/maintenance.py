@@ -21,7 +21,7 @@ from offline_cli.models import (
     OfflinedEntry,
     looks_like_url,
 )
-from offline_cli.paths import Layout, safe_remove
+from offline_cli.paths import safe_remove
 from offline_cli.store import DATABASE_SEEN_KEY
 
 if TYPE_CHECKING:
@@ -261,12 +261,16 @@ def _mtime_ns(path: str) -> int | None:
         return None
 
 
-def full_check(entry: OfflinedEntry, now: float, layout: Layout | None = None) -> str | None:
+def full_check(
+    entry: OfflinedEntry,
+    now: float,
+    own_file: Callable[[str | None, str], Path | None] | None = None,
+) -> str | None:
     """None when the product is valid in full (files, sizes, SHA-256, license), else why.
 
-    With ``layout``, a file is only read where the store keeps it: a product folder replaced
-    by a link, or a path that is not one of this product's files in the store (Layout.own_file),
-    makes the product invalid, unread.
+    With ``own_file`` (OfflineEngine.own_final_file), a file is only read where the store
+    keeps it: a product folder replaced by a link, or a path that is not one of this
+    product's files in the store, makes the product invalid, unread.
     """
     checks: list[tuple[str, str | None, int | None, str | None]] = [
         ("media", entry.media_path, entry.size, entry.sha256),
@@ -276,8 +280,8 @@ def full_check(entry: OfflinedEntry, now: float, layout: Layout | None = None) -
         if raw is None:
             continue
         path = Path(raw)
-        if layout is not None:
-            owned = layout.own_file(raw, entry.product_key, partial=False)
+        if own_file is not None:
+            owned = own_file(raw, entry.product_key)
             if owned is None:
                 # Outside the home, or offline.db, credentials.json, another product's file.
                 return f"{name} path is not a file of the store (not read)"
@@ -327,7 +331,7 @@ class Validator:
         results = [ValidationResult(key, False, "not offlined") for key in missing]
         for index, entry in enumerate(entries, 1):
             mtime_before = _mtime_ns(entry.media_path)
-            reason = full_check(entry, engine._clock(), engine.layout)
+            reason = full_check(entry, engine._clock(), engine.own_final_file)
             # Recorded so `state` answers OFFLINED_BUT_NOT_VALID without hashing again, and
             # VALID again once the bytes are proven right (even if the mtime moved).
             fresh_mtime = mtime_before if reason is None else None
@@ -382,7 +386,9 @@ class Validator:
             return ValidationResult(entry.product_key, False, reason, False, str(exc))
         fresh = self.engine.store.get_offlined(entry.product_key)
         still = (
-            full_check(fresh, self.engine._clock(), self.engine.layout) if fresh else "not offlined"
+            full_check(fresh, self.engine._clock(), self.engine.own_final_file)
+            if fresh
+            else "not offlined"
         )
         return ValidationResult(entry.product_key, still is None, still or reason, still is None)
 

@@ -7,7 +7,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,6 +211,7 @@ class Layout:
         *,
         partial: bool,
         download_id: str | None = None,
+        folder_ok: Callable[[str], bool] | None = None,
     ) -> Path | None:
         """The file ``raw`` names when it is one the store may own for ``product_key``,
         else None.
@@ -222,6 +223,9 @@ class Layout:
         ``.license.part`` (``partial`` True), where ``<id>`` is ``download_id`` when given.
         The comparison is lexical, on the normalised path (no ``..``, no extra folder);
         the home may be named as this layout names it or by its resolved form.
+
+        ``folder_ok`` accepts another store folder as the product's: schema 3 renamed some
+        products without moving their folders, named after their old names.
         """
         if raw is None or raw == "":
             return None
@@ -239,7 +243,14 @@ class Layout:
                 continue
             parts = Path(os.path.relpath(path, home)).parts
             match = pattern.fullmatch(parts[-1])
-            if parts[:-1] != expected or match is None:
+            if match is None or len(parts) != len(expected) + 1:
+                return None
+            if parts[:-1] != expected and not (
+                not partial
+                and parts[0] == self.store_dir.name
+                and folder_ok is not None
+                and folder_ok(parts[1])
+            ):
                 return None
             if download_id is not None and match["id"] != download_id:
                 return None

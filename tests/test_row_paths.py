@@ -332,3 +332,38 @@ def test_a_forgotten_signed_url_is_never_requested_on_resume(
     ], resumed.stderr
     assert len(server.log) == requests_before
     _no_traceback(resumed.output)
+
+
+def test_a_folder_kept_from_an_older_name_stays_its_products_own(
+    cli, home: Path, server: HTTPServer
+) -> None:
+    """Schema 3 renamed products without moving their folders: such a folder is the
+    product's own (valid, deleted with it) while no other product names it."""
+    one, two = server.url_for("/a"), server.url_for("/b")
+    assert cli("offline", one, two).exit_code == 0
+    two_key = MediaProduct.from_url(two).key
+    folder = home / "store" / product_dir_name(two_key)
+    legacy = folder.with_name(product_dir_name(two_key + "?sig=REDACTED"))
+    folder.rename(legacy)
+    _sql(
+        home,
+        "UPDATE offlined_entries SET media_path = replace(media_path, ?, ?) WHERE product_key = ?",
+        (str(folder), str(legacy), two_key),
+    )
+    (two_media,) = _column(
+        home, "SELECT media_path FROM offlined_entries WHERE product_key = ?", (two_key,)
+    )
+    validated = cli("validate")
+    assert validated.exit_code == 0, validated.output
+    # Another product's row naming it does not make it that product's.
+    _sql(
+        home,
+        "UPDATE offlined_entries SET license_path = ? WHERE product_key = ?",
+        (two_media, MediaProduct.from_url(one).key),
+    )
+    assert cli("delete", one).exit_code == 0
+    assert Path(str(two_media)).read_bytes() == OTHER_BODY
+    assert _state(cli, two) == "OFFLINED_AND_VALID"
+    deleted = cli("delete", two)
+    assert deleted.exit_code == 0 and _warnings(deleted.stderr) == [], deleted.output
+    assert not Path(str(two_media)).exists()
