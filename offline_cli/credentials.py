@@ -14,6 +14,19 @@ from offline_cli.paths import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, open_private,
 from offline_cli.redaction import REDACTED, redact_url
 
 
+def lacks_credentials(url: str | None) -> bool:
+    """True when ``url`` holds the redaction placeholder where a credential goes.
+
+    Such a URL is the redacted name of a product whose full URL the vault has forgotten (or
+    never had): requesting it would send the placeholder instead of the secret. The
+    placeholder elsewhere (``/REDACTED.pdf``) is just a name, since redaction keeps it.
+    """
+    if url is None or REDACTED not in url:
+        return False
+    other = url.replace(REDACTED, "x")
+    return redact_url(other) != other
+
+
 class CredentialVault:
     """Maps each redacted URL to the full one, in a file only the owner can read (0600).
 
@@ -123,7 +136,11 @@ class CredentialVault:
         return renamed, additions
 
     def reveal(self, url: str | None) -> str | None:
-        """The full URL for a redacted one (unchanged when it had no credentials)."""
+        """The full URL for a redacted one (unchanged when it had no credentials).
+
+        A redacted URL the vault no longer knows comes back as it is: check it with
+        ``lacks_credentials`` before requesting it.
+        """
         if url is None:
             return None
         known = self._load()

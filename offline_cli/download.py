@@ -408,9 +408,15 @@ class ProductRun(OfflineEngineListener):
         )
         old = self.engine.store.commit_product(self.entry.id, offlined)
         if old is not None:
-            for path in (old.media_path, old.license_path):
-                if path and path not in (offlined.media_path, offlined.license_path):
-                    safe_remove(layout, Path(path))
+            for column, raw in (("media_path", old.media_path), ("license_path", old.license_path)):
+                if not raw or raw in (offlined.media_path, offlined.license_path):
+                    continue
+                # The old row may be damaged: only a file of this product's folder goes.
+                path = self.engine.own_final_file(raw, key)
+                if path is None:
+                    self.engine.report_foreign_path(key, column, raw)
+                elif path not in (final_media, final_license):  # the same file, named oddly
+                    safe_remove(layout, path)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from filelock import FileLock, Timeout
 
 from offline_cli.config import Settings, load_settings
-from offline_cli.credentials import CredentialVault
+from offline_cli.credentials import CredentialVault, lacks_credentials
 from offline_cli.download import ProductRun
 from offline_cli.errors import (
     BusyError,
@@ -53,12 +53,13 @@ from offline_cli.paths import (
     PRIVATE_FILE_MODE,
     Layout,
     default_home,
+    product_dir_name,
     safe_remove,
     safe_remove_tree,
     touch_private,
 )
 from offline_cli.redaction import redact_url, scrub_urls
-from offline_cli.store import Store
+from offline_cli.store import BadRow, ProductRows, Store
 
 if TYPE_CHECKING:
     import httpx
@@ -327,6 +328,14 @@ class OfflineEngine:
         """None when valid by the cheap check (size and mtime), else the reason."""
         if entry.invalid_reason:
             return entry.invalid_reason
+        for name, raw in (("media", entry.media_path), ("license", entry.license_path)):
+            # Only the shape here (this check runs for every product `state` lists): the
+            # files are looked at, never read; validate proves whose folder it is.
+            owned = self.layout.own_file(
+                raw, entry.product_key, partial=False, folder_ok=lambda folder: True
+            )
+            if raw is not None and owned is None:
+                return f"{name} path is not a file of the store (not read)"
         if os.path.islink(os.path.dirname(entry.media_path)):
             # A folder planted as a link: its files are not ours, whatever their sizes say.
             return "media folder is a symbolic link (not followed)"
@@ -472,6 +481,20 @@ class OfflineEngine:
         self.listener.offlining_failed(product, error)
         raise error
 
+    def _with_full_urls(self, product: MediaProduct) -> MediaProduct:
+        """``product`` with the full URLs the vault keeps for redacted ones; a redacted URL
+        the vault has forgotten is never requested (the server would get the placeholder)."""
+        url, license_url = self.vault.reveal(product.url), self.vault.reveal(product.license_url)
+        if lacks_credentials(url) or lacks_credentials(license_url):
+            raise PermanentError(
+                # str() puts the product first: "KEY: its full URL is no longer known ..."
+                "its full URL is no longer known (its credentials were forgotten); "
+                "give the URL again",
+                product=product.key,
+                hint="run `offline` with the URL, credentials included",
+            )
+        return dataclasses.replace(product, url=url, license_url=license_url)
+
     def _resolve(self, product: MediaProduct, client: httpx.Client) -> MediaProduct:
         """Fill in URLs from the playback-info source when the product has none."""
         if product.url is not None:
@@ -537,6 +560,8 @@ class OfflineEngine:
             return None
         if entry.license_url != _redacted(product.license_url):
             return None
+        if not self._partials_are_own(entry):
+            return None  # a damaged row: never write where it points (it is discarded)
         if entry.state in _RUNNABLE_STATES:
             return entry
         if entry.state is DownloadState.FAILED and entry.error_kind in _RETRYABLE_KINDS:
@@ -547,8 +572,9 @@ class OfflineEngine:
         """Download, verify and commit one product; we hold its lock."""
         started = self._monotonic()
         entry: DownloadEntry | None = None
-        self.listener.offlining_started(product)
         try:
+            product = self._with_full_urls(product)
+            self.listener.offlining_started(product)
             client = self._client()
             from_source = product.url is None
             product = self._resolve(product, client)
@@ -623,11 +649,54 @@ class OfflineEngine:
         assert fresh is not None
         return fresh
 
+    def _partials_are_own(self, entry: DownloadEntry) -> bool:
+        return all(
+            self.layout.own_file(raw, entry.product_key, partial=True, download_id=entry.id)
+            for raw in (entry.partial_media_path, entry.partial_license_path)
+            if raw
+        )
+
+    def own_final_file(self, raw: str | None, product_key: str) -> Path | None:
+        """The committed file ``raw`` names when it is one of ``product_key``'s files in the
+        store (Layout.own_file), else None. A folder other than the one its name gives is
+        its own too when no other product names it: a product renamed by schema 3 keeps
+        the folder of its old name."""
+        return self.layout.own_file(
+            raw,
+            product_key,
+            partial=False,
+            folder_ok=lambda folder: self._folder_unclaimed(folder, product_key),
+        )
+
+    def _folder_unclaimed(self, folder: str, product_key: str) -> bool:
+        for key in self.store.known_product_keys():
+            if key != product_key and product_dir_name(key) == folder:
+                return False
+        for key, paths in self.store.offlined_paths().items():
+            if key != product_key and any(Path(p).parent.name == folder for p in paths):
+                return False
+        return True
+
+    def report_foreign_path(self, product_key: str, column: str, raw: str) -> None:
+        """Name a row whose ``column`` points at a file the store does not own (offline.db,
+        credentials.json, another product's media): that file is left in place."""
+        self.store.skip_bad_row(
+            product_key, BadRow(f"{column} {raw!r} is not a file of the store; left in place")
+        )
+
     def _discard_partials(self, entry: DownloadEntry) -> int:
         freed = 0
-        for raw in (entry.partial_media_path, entry.partial_license_path):
-            if raw:
-                freed += safe_remove(self.layout, Path(raw))
+        for column, raw in (
+            ("partial_media_path", entry.partial_media_path),
+            ("partial_license_path", entry.partial_license_path),
+        ):
+            if not raw:
+                continue
+            path = self.layout.own_file(raw, entry.product_key, partial=True, download_id=entry.id)
+            if path is None:
+                self.report_foreign_path(entry.product_key, column, raw)
+            else:
+                freed += safe_remove(self.layout, path)
         offlined = self.store.get_offlined(entry.product_key)
         committed = (offlined.media_path, offlined.license_path) if offlined else ()
         for final in (
@@ -738,9 +807,9 @@ class OfflineEngine:
             except StoreUnwritable as exc:
                 if not exc.disk_full:
                     raise
-                self._remove_product_files(key, rows.paths)
+                self._remove_product_files(key, rows)
                 self._reopen_store().forget_product(key, keep=keep)
-            self._remove_product_files(key, rows.paths)
+            self._remove_product_files(key, rows)
             try:
                 self.vault.forget(list(rows.urls))
             except OSError as exc:  # a full disk: the vault is rewritten whole
@@ -750,12 +819,20 @@ class OfflineEngine:
         finally:
             lock.release()
 
-    def _remove_product_files(self, key: str, paths: Sequence[str]) -> None:
-        """Remove a product's files (inside the home only); what fails is an orphan for
-        cleanup, since no entry owns it any more."""
+    def _remove_product_files(self, key: str, rows: ProductRows) -> None:
+        """Remove a product's files (only files of the store that are this product's); what
+        fails is an orphan for cleanup, since no entry owns it any more."""
         try:
-            for raw in paths:
-                safe_remove(self.layout, Path(raw))
+            for raw in rows.paths:
+                path = self.own_final_file(raw, key)
+                if path is None:
+                    partial = self.layout.own_file(raw, key, partial=True)
+                    owned = partial is not None and partial.name[:32] in rows.download_ids
+                    path = partial if owned else None
+                if path is None:
+                    self.report_foreign_path(key, "path", raw)
+                else:
+                    safe_remove(self.layout, path)
             safe_remove_tree(self.layout, self.layout.product_dir(key))
         except OSError as exc:
             log.warning("%s: files not removed yet: %s", key, exc)

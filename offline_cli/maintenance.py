@@ -21,7 +21,7 @@ from offline_cli.models import (
     OfflinedEntry,
     looks_like_url,
 )
-from offline_cli.paths import Layout, safe_remove
+from offline_cli.paths import safe_remove
 from offline_cli.store import DATABASE_SEEN_KEY
 
 if TYPE_CHECKING:
@@ -103,13 +103,11 @@ class CleanupManager:
                 continue
             if engine.is_running_elsewhere(entry.product_key):
                 continue  # its owner is alive: never touch it
-            for raw in (entry.partial_media_path, entry.partial_license_path):
-                if raw and os.path.lexists(raw):
-                    report.items.append(
-                        CleanupItem("partial", raw, entry.product_key, _size(Path(raw)))
-                    )
-                    if not dry_run:
-                        safe_remove(layout, Path(raw))
+            for column, raw in (
+                ("partial_media_path", entry.partial_media_path),
+                ("partial_license_path", entry.partial_license_path),
+            ):
+                self._remove_partial(report, entry.product_key, entry.id, column, raw)
             report.items.append(CleanupItem("entry", None, entry.product_key, 0))
             if not dry_run:
                 store.delete_download(entry.id)
@@ -139,7 +137,7 @@ class CleanupManager:
 
         A committed product whose row is damaged is left to `delete`: its media may be fine.
         """
-        engine, store, layout = self.engine, self.engine.store, self.engine.layout
+        engine, store = self.engine, self.engine.store
         for bad in store.unreadable_entries():
             if bad.table != "download":
                 continue
@@ -148,15 +146,27 @@ class CleanupManager:
             if engine.is_running_elsewhere(bad.product_key):
                 continue
             for raw in bad.paths:
-                if os.path.lexists(raw):
-                    report.items.append(
-                        CleanupItem("partial", raw, bad.product_key, _size(Path(raw)))
-                    )
-                    if not report.dry_run:
-                        safe_remove(layout, Path(raw))
+                self._remove_partial(report, bad.product_key, bad.row_id, "partial path", raw)
             report.items.append(CleanupItem("entry", None, bad.product_key, 0))
             if not report.dry_run:
                 store.delete_unreadable(bad)
+
+    def _remove_partial(
+        self, report: CleanupReport, key: str, download_id: str, column: str, raw: str | None
+    ) -> None:
+        """Remove one partial file a download row names, when it is one (see Layout.own_file);
+        any other path (a damaged row naming offline.db, say) is reported and left alone."""
+        if not raw:
+            return
+        layout = self.engine.layout
+        path = layout.own_file(raw, key, partial=True, download_id=download_id)
+        if path is None:
+            self.engine.report_foreign_path(key, column, raw)
+            return
+        if os.path.lexists(path):
+            report.items.append(CleanupItem("partial", str(path), key, _size(path)))
+            if not report.dry_run:
+                safe_remove(layout, path)
 
     def _database_first_seen(self, now: float) -> float:
         """When this database was created (or, for one made by an older release, first
@@ -251,11 +261,16 @@ def _mtime_ns(path: str) -> int | None:
         return None
 
 
-def full_check(entry: OfflinedEntry, now: float, layout: Layout | None = None) -> str | None:
+def full_check(
+    entry: OfflinedEntry,
+    now: float,
+    own_file: Callable[[str | None, str], Path | None] | None = None,
+) -> str | None:
     """None when the product is valid in full (files, sizes, SHA-256, license), else why.
 
-    With ``layout``, a file is only read where the store keeps it: a product folder replaced
-    by a link (or a path leading out of the home) makes the product invalid, unread.
+    With ``own_file`` (OfflineEngine.own_final_file), a file is only read where the store
+    keeps it: a product folder replaced by a link, or a path that is not one of this
+    product's files in the store, makes the product invalid, unread.
     """
     checks: list[tuple[str, str | None, int | None, str | None]] = [
         ("media", entry.media_path, entry.size, entry.sha256),
@@ -265,10 +280,14 @@ def full_check(entry: OfflinedEntry, now: float, layout: Layout | None = None) -
         if raw is None:
             continue
         path = Path(raw)
+        if own_file is not None:
+            owned = own_file(raw, entry.product_key)
+            if owned is None:
+                # Outside the home, or offline.db, credentials.json, another product's file.
+                return f"{name} path is not a file of the store (not read)"
+            path = owned
         if path.parent.is_symlink():
             return f"{name} folder is a symbolic link (not followed)"
-        if layout is not None and not layout.is_inside(path):
-            return f"{name} file lies outside the home (not read)"
         if path.is_symlink() or not path.is_file():
             return f"{name} file missing"
         try:
@@ -312,7 +331,7 @@ class Validator:
         results = [ValidationResult(key, False, "not offlined") for key in missing]
         for index, entry in enumerate(entries, 1):
             mtime_before = _mtime_ns(entry.media_path)
-            reason = full_check(entry, engine._clock(), engine.layout)
+            reason = full_check(entry, engine._clock(), engine.own_final_file)
             # Recorded so `state` answers OFFLINED_BUT_NOT_VALID without hashing again, and
             # VALID again once the bytes are proven right (even if the mtime moved).
             fresh_mtime = mtime_before if reason is None else None
@@ -367,7 +386,9 @@ class Validator:
             return ValidationResult(entry.product_key, False, reason, False, str(exc))
         fresh = self.engine.store.get_offlined(entry.product_key)
         still = (
-            full_check(fresh, self.engine._clock(), self.engine.layout) if fresh else "not offlined"
+            full_check(fresh, self.engine._clock(), self.engine.own_final_file)
+            if fresh
+            else "not offlined"
         )
         return ValidationResult(entry.product_key, still is None, still or reason, still is None)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,9 @@ from offline_cli.errors import StorageError
 
 APP_NAME = "offline-cli"
 HOME_ENV = "OFFLINE_CLI_HOME"
+# The names the store gives its files: a download id (uuid4 hex) and what the file holds.
+_FINAL_FILE = re.compile(r"(?P<id>[0-9a-f]{32})\.(?:media|license)")
+_PARTIAL_FILE = re.compile(r"(?P<id>[0-9a-f]{32})\.(?:media|license)\.part")
 # Owner only, whatever the umask: licenses and credentials live in the home.
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
@@ -198,6 +203,69 @@ class Layout:
                 f"home folder {self.home} is not writable: {exc.strerror or exc}",
                 hint=f"fix its permissions or point ${HOME_ENV} at a writable folder",
             ) from exc
+
+    def own_file(
+        self,
+        raw: str | os.PathLike[str] | None,
+        product_key: str,
+        *,
+        partial: bool,
+        download_id: str | None = None,
+        folder_ok: Callable[[str], bool] | None = None,
+    ) -> Path | None:
+        """The file ``raw`` names when it is one the store may own for ``product_key``,
+        else None.
+
+        A path read from the database is trusted only this far: a damaged or hand-edited
+        row could name offline.db, credentials.json or another product's media, all inside
+        the home. The store's own files are ``store/<product_dir_name(key)>/<id>.media`` or
+        ``.license`` (``partial`` False) and ``partial/<id>.media.part`` or
+        ``.license.part`` (``partial`` True), where ``<id>`` is ``download_id`` when given.
+        The comparison is lexical, on the normalised path (no ``..``, no extra folder);
+        the home may be named as this layout names it or by its resolved form.
+
+        ``folder_ok`` accepts another store folder as the product's: schema 3 renamed some
+        products without moving their folders, named after their old names.
+        """
+        if raw is None or raw == "":
+            return None
+        text = os.fspath(raw)
+        if "\0" in text or ".." in Path(text).parts:
+            return None
+        path = os.path.normpath(os.path.abspath(text))
+        if partial:
+            expected: tuple[str, ...] = (self.partial_dir.name,)
+            pattern = _PARTIAL_FILE
+        else:
+            expected, pattern = (self.store_dir.name, product_dir_name(product_key)), _FINAL_FILE
+        for home in self._home_spellings():
+            if not path.startswith(home + os.sep):
+                continue
+            parts = Path(os.path.relpath(path, home)).parts
+            match = pattern.fullmatch(parts[-1])
+            if match is None or len(parts) != len(expected) + 1:
+                return None
+            if parts[:-1] != expected and not (
+                not partial
+                and parts[0] == self.store_dir.name
+                and folder_ok is not None
+                and folder_ok(parts[1])
+            ):
+                return None
+            if download_id is not None and match["id"] != download_id:
+                return None
+            # Always the file under this layout's home, whichever way the row spelt it.
+            return self.home.joinpath(*parts)
+        return None
+
+    def _home_spellings(self) -> Iterator[str]:
+        """The home as this layout names it, then (only when asked) its resolved form."""
+        named = os.path.normpath(os.path.abspath(self.home))
+        yield named
+        with suppress(OSError, RuntimeError):
+            resolved = str(self.home.resolve())
+            if resolved != named:
+                yield resolved
 
     def is_inside(self, path: Path) -> bool:
         """True when ``path`` (not following a final symlink) lies inside the home folder."""

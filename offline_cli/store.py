@@ -986,6 +986,14 @@ class Store:
             else:
                 _OfflinedRow.delete().where(_OfflinedRow.product_key == entry.row_id).execute()
 
+    def offlined_paths(self) -> dict[str, list[str]]:
+        """The files each offlined row names, whatever else the row holds."""
+        with self._errors():
+            rows = _OfflinedRow.select(
+                _OfflinedRow.product_key, _OfflinedRow.media_path, _OfflinedRow.license_path
+            )
+            return {str(r.product_key): _paths(r.media_path, r.license_path) for r in rows}
+
     def referenced_paths(self) -> set[str]:
         """Every file path some entry owns (for orphan detection)."""
         paths: set[str] = set()

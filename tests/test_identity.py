@@ -297,10 +297,20 @@ def _old_redact_url(url: str) -> str:
 
 
 def _rename_everywhere(home: Path, renames: dict[str, str]) -> None:
-    """Replace each name (product key, id or URL) by another in every table and checkpoint."""
-    conn = sqlite3.connect(Layout(home).database)
+    """Replace each name (product key, id or URL) by another in every table and checkpoint,
+    and move each product's folder to the one its old name gives, as the old release kept it."""
+    layout = Layout(home)
+    conn = sqlite3.connect(layout.database)
     try:
         for new, old in renames.items():
+            folder, old_folder = layout.product_dir(new), layout.product_dir(old)
+            if folder.is_dir() and folder != old_folder:
+                folder.rename(old_folder)
+                for column in ("media_path", "license_path"):
+                    conn.execute(
+                        f"UPDATE offlined_entries SET {column} = replace({column}, ?, ?)",
+                        (f"{folder}/", f"{old_folder}/"),
+                    )
             for table, column in (
                 ("download_entries", "product_key"),
                 ("download_entries", "product_id"),
