@@ -465,7 +465,8 @@ def _read_product_lines(source: str) -> list[str]:
         else:
             # A pipe is fine (`-i <(make-list)`); a device or a folder is a mistake.
             data = read_capped(Path(source), MAX_INPUT_BYTES, allow_pipe=True)
-        text = data.decode("utf-8")
+        # utf-8-sig: editors on Windows start a file with a BOM, which is not part of a name.
+        text = data.decode("utf-8-sig")
     except OSError as exc:
         raise UsageError(f"cannot read -i {source}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:

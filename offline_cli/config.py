@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import re
 import stat
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -14,6 +15,7 @@ from typing import Any
 from offline_cli.errors import ConfigError, UsageError
 from offline_cli.models import check_url, parse_count, parse_duration, parse_number, shorten
 from offline_cli.paths import APP_NAME, default_home
+from offline_cli.redaction import redact_url
 
 CONFIG_ENV = "OFFLINE_CLI_CONFIG"
 ENV_PREFIX = "OFFLINE_CLI_"
@@ -57,7 +59,13 @@ class Settings:
         return self.origins.get(name, "default")
 
     def public_items(self) -> list[tuple[str, Any, str]]:
-        return [(f.name, getattr(self, f.name), self.origin(f.name)) for f in _SETTING_FIELDS]
+        """Every setting with its value and origin, fit to print: the source template's
+        credentials (user info, ``?token=``) are redacted like any URL we show."""
+        return [(f.name, self._public_value(f.name), self.origin(f.name)) for f in _SETTING_FIELDS]
+
+    def _public_value(self, name: str) -> Any:
+        value = getattr(self, name)
+        return redact_url(value) if name == "source" and value is not None else value
 
 
 _SETTING_FIELDS = [f for f in fields(Settings) if f.name != "origins"]
@@ -220,6 +228,24 @@ def _config_values(data: dict[str, Any], path: Path) -> dict[str, Any]:
     return values
 
 
+SOURCE_PLACEHOLDERS = ("{type}", "{id}")
+_PLACEHOLDER_RE = re.compile(r"\{[^{}]*\}")
+
+
+def check_source_template(template: str) -> str:
+    """``template`` when it is an http(s) URL once filled in and has no placeholder but
+    ``{type}`` and ``{id}``, else UsageError: an unknown one (``{bogus}``, ``{ID}``) is a typo
+    that would otherwise be sent to the server as it is."""
+    for placeholder in _PLACEHOLDER_RE.findall(template):
+        if placeholder not in SOURCE_PLACEHOLDERS:
+            raise UsageError(
+                f"unknown placeholder {shorten(redact_url(placeholder))!r} in the source template",
+                hint="a source template may hold only {type} and {id}",
+            )
+    check_url(template.replace("{type}", "track").replace("{id}", "1"))
+    return template
+
+
 def _coerce(name: str, value: Any, where: str) -> Any:
     """Check and convert one value, naming the key and the place when it is wrong."""
     kind = _FIELD_TYPES[name]
@@ -250,7 +276,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise TypeError("expected a string")
         if name == "source":
-            check_url(value.replace("{type}", "track").replace("{id}", "1"))
+            check_source_template(value)
         return value
     except UsageError as exc:
         raise ConfigError(f"{where}: invalid value for {name!r}: {exc.message}") from None

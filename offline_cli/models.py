@@ -87,6 +87,9 @@ LICENSE_EXPIRED = "license expired"
 _PRODUCT_RE = re.compile(r"^(?P<type>[a-z]+):(?P<id>[A-Za-z0-9._~-]{1,200})$")
 _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 SUPPORTED_SCHEMES = ("http", "https")
+# The longest URL taken from any source (command line, -i, a playback answer): signed CDN
+# URLs run to a few kB, and httpx refuses much longer ones only when fetching.
+MAX_URL_CHARS = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -128,8 +131,9 @@ def parse_product_name(text: str) -> tuple[ProductType, str]:
     """Parse ``TYPE:ID`` into its parts, or raise UsageError naming the problem."""
     match = _PRODUCT_RE.fullmatch(text)  # fullmatch: ``$`` alone lets a final newline in
     if match is None:
+        # Redacted: ``user:password@host/f`` (a URL without its scheme) is not a product name.
         raise UsageError(
-            f"malformed product {text!r}",
+            f"malformed product {redact_url(text)!r}",
             hint="write a product as TYPE:ID (track:42, video:7, file:report) or give a URL",
         )
     type_name = match.group("type")
@@ -149,26 +153,38 @@ def looks_like_url(text: str) -> bool:
 
 
 def check_url(text: str) -> str:
-    """Return ``text`` when it is an http(s) URL with a host, else raise UsageError."""
+    """Return ``text`` when it is an http(s) URL with a host, else raise UsageError.
+
+    Messages quote the URL redacted as a whole (not only the parts that look like a URL): a
+    URL refused for a space or a stray slash may still hold a password.
+    """
+    if len(text) > MAX_URL_CHARS:
+        # httpx refuses a URL this long only when fetching, after an entry exists.
+        raise UsageError(
+            f"malformed URL {shorten(redact_url(text))!r}: longer than {MAX_URL_CHARS} characters"
+        )
+    shown = redact_url(text)
     if has_controls(text):
         # Refused before anything else: httpx rejects them only when fetching (after an
-        # entry exists), and a name holding ESC would rewrite the terminal when printed.
+        # entry exists), a name holding ESC would rewrite the terminal when printed, and a
+        # byte that is not UTF-8 cannot be stored or made into a file name.
         raise UsageError(
-            f"malformed URL {text!r}: it contains control characters",
-            hint="remove escape sequences, NUL and other control characters from the URL",
+            f"malformed URL {shown!r}: it contains control characters or bytes that are not UTF-8",
+            hint="remove escape sequences, NUL, other control characters and bytes that are "
+            "not UTF-8 from the URL",
         )
     try:
         parts = urlsplit(text)
         port = parts.port  # raises ValueError on a malformed port
     except ValueError:
-        raise UsageError(f"malformed URL {text!r}") from None
+        raise UsageError(f"malformed URL {shown!r}") from None
     if parts.scheme.lower() not in SUPPORTED_SCHEMES:
         raise UsageError(
-            f"unsupported URL scheme {parts.scheme!r} in {text!r}",
+            f"unsupported URL scheme {parts.scheme!r} in {shown!r}",
             hint="only http:// and https:// are supported",
         )
     if not parts.hostname or any(c.isspace() for c in text):
-        raise UsageError(f"malformed URL {text!r}")
+        raise UsageError(f"malformed URL {shown!r}")
     del port
     return text
 

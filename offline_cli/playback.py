@@ -17,7 +17,8 @@ from offline_cli.errors import (
     UnknownDownloadError,
     UsageError,
 )
-from offline_cli.models import MediaProduct, check_sha256, check_url, shorten
+from offline_cli.models import MAX_URL_CHARS, MediaProduct, check_sha256, check_url, shorten
+from offline_cli.redaction import has_controls
 from offline_cli.transfer import host_of, raise_for_status, wrap_http_error
 
 HLS_MIME_TYPES = ("application/vnd.apple.mpegurl", "application/x-mpegurl", "audio/mpegurl")
@@ -27,7 +28,6 @@ HLS_MIME_TYPES = ("application/vnd.apple.mpegurl", "application/x-mpegurl", "aud
 # keep what it says within what the store and the clock can hold.
 MAX_PLAYBACK_INFO_BYTES = 1 << 20  # decoded size, after any Content-Encoding
 MAX_JSON_DEPTH = 32
-MAX_URL_CHARS = 16 * 1024  # signed CDN URLs run to a few kB
 MAX_MIME_TYPE_CHARS = 255
 MAX_MEDIA_SIZE = 1 << 50  # 1 PiB
 EARLIEST_EXPIRY = datetime(1970, 1, 1, tzinfo=UTC)
@@ -103,6 +103,9 @@ def parse_playback_info(body: bytes, product: MediaProduct, where: str) -> Playb
         raise bad("'url' and 'manifestMimeType' are required strings")
     if not 0 < len(mime) <= MAX_MIME_TYPE_CHARS:
         raise bad(f"'manifestMimeType' must be 1 to {MAX_MIME_TYPE_CHARS} characters")
+    if has_controls(mime):
+        # It is quoted in messages that reach the terminal and the database.
+        raise bad("'manifestMimeType' holds control characters or bytes that are not UTF-8")
     try:
         check_url(_bounded_url(url, "url", bad))
         license_url = data.get("licenseUrl")

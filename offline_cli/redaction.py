@@ -132,12 +132,34 @@ def redact_url(url: str) -> str:
         if "@" in authority:
             authority = f"{REDACTED}@{authority.rsplit('@', 1)[1]}"
         out += f"//{authority}"
+    if not authority:
+        path = _redact_stray_user_info(path)
     out += _redact_path(path)
     if query is not None:
         out += f"?{_redact_pairs(query)}"
     if fragment is not None:
         out += f"#{_redact_pairs(fragment)}"
     return out
+
+
+# The slashes (either way round) that a mistyped URL puts between its scheme and user info.
+_LEADING_SLASHES_RE = re.compile(r"^[/\\]*")
+
+
+def _redact_stray_user_info(path: str) -> str:
+    """``path`` with everything before its last ``@`` hidden, when there is no authority.
+
+    Only a string that is not a well-formed URL gets here (an http(s) URL that check_url
+    accepts always has a host), such as ``http:/\\u:pw@host`` or ``u:pw@host/f``: a refusal
+    message quotes it, and what precedes the ``@`` may be a password. Product names never
+    change, since no accepted URL takes this path.
+    """
+    if "@" not in path:
+        return path
+    slashes = _LEADING_SLASHES_RE.match(path)
+    assert slashes is not None  # the pattern matches every string
+    start = slashes.end()
+    return f"{path[:start]}{REDACTED}@{path[start:].rsplit('@', 1)[1]}"
 
 
 _URL_IN_TEXT_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
@@ -152,8 +174,10 @@ def scrub_urls(text: str) -> str:
 
 # C0 controls, DEL and C1 controls (a terminal acts on them: ESC starts an escape sequence,
 # and U+009B is a one-character CSI), plus the Unicode line separators and the bidi
-# overrides that make text read differently from what it is.
-_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# overrides that make text read differently from what it is. Also lone surrogates: Python
+# decodes a byte that is not UTF-8 (in argv, the environment, a JSON ``\\ud800``) to one, and
+# it cannot be encoded again, so the database, a file name or the terminal would fail on it.
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def escape_controls(text: str, keep: str = "") -> str:

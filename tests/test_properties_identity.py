@@ -197,6 +197,40 @@ def test_no_credential_value_survives_redaction(url: Url) -> None:
     assert MediaProduct.from_url(url.text()).key == redacted
 
 
+# Mistyped URLs that a refusal message quotes, each with a password ({pw}) in its user info:
+# a space in it, one slash or a backslash after the scheme, no scheme at all (attack report 5).
+MALFORMED_WITH_USER_INFO = [
+    "http://u:{pw}{gap}{pw}@h/f",
+    "http:/\\u:{pw}@h/f",
+    "http:\\\\u:{pw}@h/f",
+    "http:///u:{pw}@h/f",
+    "https:u:{pw}@h/f",
+    "u:{pw}@h/f",
+    "u:{pw}{gap}@h",
+    "//u:{pw}@h/f",
+]
+
+
+@given(
+    st.sampled_from(MALFORMED_WITH_USER_INFO),
+    secret_values.filter(bool),
+    # Not "/": ``http://u:0/0@h/f`` is a well-formed URL (host u, port 0), named as written.
+    st.sampled_from([" ", "\t", "  ", "\\"]),
+)
+def test_user_info_is_hidden_even_when_the_url_is_not_well_formed(
+    shape: str, password: str, gap: str
+) -> None:
+    text = shape.format(pw=password, gap=gap)
+    assert not any(c in redact_url(text) for c in SECRET_ALPHABET), (text, redact_url(text))
+    assert redact_url(redact_url(text)) == redact_url(text)
+    for check in (check_url, parse_product_name):
+        try:
+            check(text)  # ``http://u:0\\0@h/f`` is a URL (host h): its name is redacted
+        except UsageError as refused:
+            message = str(refused).replace("UTF-8", "")  # the one digit a message holds
+            assert not any(c in message for c in SECRET_ALPHABET), message
+
+
 @given(st.text())
 def test_redaction_is_total_and_idempotent(text: str) -> None:
     once = redact_url(text)
