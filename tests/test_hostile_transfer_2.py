@@ -53,6 +53,7 @@ class RawServer:
         self.each_piece = each_piece
         self.requests: list[bytes] = []
         self.connections = 0
+        self.pieces_sent = 0
         self.stopped = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -102,6 +103,7 @@ class RawServer:
                         conn.sendall(piece)
                     except OSError:
                         return
+                    self.pieces_sent += 1
 
 
 def response(status: str, headers: dict[str, str], body: bytes = b"") -> bytes:
@@ -223,6 +225,7 @@ def test_headers_dripped_forever_are_cut_at_the_stall_timeout_and_retried(
 
     assert str(excinfo.value) == "file:x: no response headers from 127.0.0.1 within 2s"
     assert len(server.requests) == 2
+    assert server.pieces_sent < 20  # cut at the deadline, not when the server gave up
     assert [reason for _, _, reason in retries(listener)] == ["network error"]
     entry = engine.store.latest_download(KEY)
     assert entry is not None and entry.state is DownloadState.FAILED
@@ -264,6 +267,8 @@ def test_the_deadline_cuts_a_request_on_a_kept_alive_connection(raw_server, make
         engine.offline(MediaProduct(ProductType.TRACK, "1"))
 
     assert (len(server.requests), server.connections) == (2, 1)
+    # cut at the deadline (about 3 pieces), not when the server gave up
+    assert server.pieces_sent < 10
 
 
 # -- 7: a 206 whose Content-Length contradicts its Content-Range -----------------------------
