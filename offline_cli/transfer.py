@@ -139,7 +139,6 @@ def make_client(
         headers={"Accept-Encoding": "identity", "User-Agent": f"offline-cli/{__version__}"},
         transport=transport,
     )
-    streams = _streams_of(client)
 
     def remember_connection(response: httpx.Response) -> None:
         # Every connection that goes back to the pool carried a response first (the
@@ -147,7 +146,8 @@ def make_client(
         stream = response.extensions.get("network_stream")
         if stream is not None:
             url = response.request.url
-            streams[stream] = (url.raw_host.decode("ascii"), url.port or _DEFAULT_PORTS[url.scheme])
+            origin = (url.raw_host.decode("ascii"), url.port or _DEFAULT_PORTS[url.scheme])
+            _remember_stream(client, stream, origin)
 
     client.event_hooks = {"request": [], "response": [remember_connection]}
     return client
@@ -164,10 +164,19 @@ _Origin = tuple[str, int]
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _CLIENT_STREAMS: weakref.WeakKeyDictionary[httpx.Client, weakref.WeakKeyDictionary[Any, _Origin]]
 _CLIENT_STREAMS = weakref.WeakKeyDictionary()
+# abort() reads the registry from the cancel watch or the header deadline thread
+_CLIENT_STREAMS_LOCK = threading.Lock()
 
 
-def _streams_of(client: httpx.Client) -> weakref.WeakKeyDictionary[Any, _Origin]:
-    return _CLIENT_STREAMS.setdefault(client, weakref.WeakKeyDictionary())
+def _remember_stream(client: httpx.Client, stream: Any, origin: _Origin) -> None:
+    with _CLIENT_STREAMS_LOCK:
+        _CLIENT_STREAMS.setdefault(client, weakref.WeakKeyDictionary())[stream] = origin
+
+
+def _streams_to(client: httpx.Client, origin: _Origin) -> list[Any]:
+    with _CLIENT_STREAMS_LOCK:
+        streams = _CLIENT_STREAMS.get(client)
+        return [s for s, o in list(streams.items()) if o == origin] if streams else []
 
 
 @dataclass
@@ -460,7 +469,7 @@ class Transfer:
         elif event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
             self._stream = info.get("return_value")
             if self._stream is not None and self._origin is not None:
-                _streams_of(self.client)[self._stream] = self._origin
+                _remember_stream(self.client, self._stream, self._origin)
         elif event == "http11.send_request_headers.started":
             origin = info["request"].url.origin
             self._origin = (origin.host.decode("ascii"), origin.port)
@@ -487,7 +496,7 @@ class Transfer:
             # Waiting for headers, maybe on a kept-alive connection another transfer opened:
             # requests run one at a time, so the open connections to this origin are idle
             # but for the one in flight (an idle one shut down is simply dropped by the pool).
-            streams += [s for s, o in list(_streams_of(self.client).items()) if o == self._origin]
+            streams += _streams_to(self.client, self._origin)
         for stream in streams:
             sock = stream.get_extra_info("socket") if stream is not None else None
             if sock is not None:
