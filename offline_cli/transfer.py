@@ -13,8 +13,10 @@ import re
 import shutil
 import socket
 import ssl
+import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from offline_cli.errors import (
     ServerError,
     UnknownDownloadError,
 )
-from offline_cli.models import human_bytes
+from offline_cli.models import human_bytes, shorten
 from offline_cli.paths import open_private
 from offline_cli.redaction import redact_url
 
@@ -48,6 +50,11 @@ DEFAULT_MIN_SPEED = 1024
 # small product still fits on a nearly full disk.
 DISK_RESERVE_MIN_BYTES = 256 * 1024
 DISK_RESERVE_MAX_BYTES = 8 * 1024 * 1024
+# How often the header deadline is checked while a request waits for its status line and
+# headers (a server can drip them forever, each byte resetting the read timeout).
+HEADER_DEADLINE_POLL_S = 0.05
+# A URL in a message is cut to this many characters (httpx refuses URLs over 64 KiB).
+SHOWN_URL_CHARS = 120
 # No real file is larger; a bigger number in a header is a lie or an attack.
 MAX_CONTENT_LENGTH = 2**63 - 1
 
@@ -83,6 +90,23 @@ def parse_content_range(value: str | None) -> ContentRange | None:
     return ContentRange(start, end, total)
 
 
+def describe_bad_content_range(value: str | None) -> str:
+    """What is wrong with a 206's ``Content-Range`` that parse_content_range refused, in
+    words that finish "sent a partial response …"."""
+    if value is None:
+        return "without a Content-Range"
+    shown = repr(value[:60])
+    match = _CONTENT_RANGE_RE.match(value)
+    if match is None:
+        return f"with an unreadable Content-Range {shown}"
+    start, end = int(match.group(1)), int(match.group(2))
+    if start > end:
+        return f"whose Content-Range {shown} ends before it starts"
+    if match.group(3) == "*":
+        return f"whose Content-Range {shown} ends past any possible length"
+    return f"whose Content-Range {shown} ends past its total length"
+
+
 def parse_unsatisfied_range(value: str | None) -> int | None:
     """The length in a 416's ``Content-Range: bytes */LENGTH``, else None."""
     match = _UNSATISFIED_RANGE_RE.match(value or "")
@@ -106,7 +130,7 @@ def make_client(
 
     The read timeout is the stall timeout: no byte for that long is a network error.
     """
-    return httpx.Client(
+    client = httpx.Client(
         timeout=httpx.Timeout(
             connect=connect_timeout_s, read=stall_timeout_s, write=stall_timeout_s, pool=None
         ),
@@ -116,9 +140,43 @@ def make_client(
         transport=transport,
     )
 
+    def remember_connection(response: httpx.Response) -> None:
+        # Every connection that goes back to the pool carried a response first (the
+        # playback-info request included): remember it for Transfer.abort().
+        stream = response.extensions.get("network_stream")
+        if stream is not None:
+            url = response.request.url
+            origin = (url.raw_host.decode("ascii"), url.port or _DEFAULT_PORTS[url.scheme])
+            _remember_stream(client, stream, origin)
+
+    client.event_hooks = {"request": [], "response": [remember_connection]}
+    return client
+
 
 def host_of(url: str) -> str:
     return urlsplit(url).hostname or url
+
+
+# Origin (host, port) of each open connection of each client, so a deadline can cut the
+# request in flight even on a kept-alive connection opened by an earlier transfer (httpcore
+# tells which stream it opens, not which pooled one it reuses).
+_Origin = tuple[str, int]
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_CLIENT_STREAMS: weakref.WeakKeyDictionary[httpx.Client, weakref.WeakKeyDictionary[Any, _Origin]]
+_CLIENT_STREAMS = weakref.WeakKeyDictionary()
+# abort() reads the registry from the cancel watch or the header deadline thread
+_CLIENT_STREAMS_LOCK = threading.Lock()
+
+
+def _remember_stream(client: httpx.Client, stream: Any, origin: _Origin) -> None:
+    with _CLIENT_STREAMS_LOCK:
+        _CLIENT_STREAMS.setdefault(client, weakref.WeakKeyDictionary())[stream] = origin
+
+
+def _streams_to(client: httpx.Client, origin: _Origin) -> list[Any]:
+    with _CLIENT_STREAMS_LOCK:
+        streams = _CLIENT_STREAMS.get(client)
+        return [s for s, o in list(streams.items()) if o == origin] if streams else []
 
 
 @dataclass
@@ -231,6 +289,15 @@ class Transfer:
         self._response: httpx.Response | None = None
         # The connection of the request in flight, known before any header arrives.
         self._stream: Any = None
+        # The origin the request in flight goes to (after a redirect: the new host).
+        self._origin: _Origin | None = None
+        # The header deadline: since when (monotonic) the status line and headers are
+        # awaited, None when not waiting; set when the deadline cut the request.
+        self._headers_awaited_since: float | None = None
+        self._headers_overdue = False
+        # The last host whose response headers arrived: the sender of a redirect.
+        self._answered_host: str | None = None
+        self._awaited_host: str | None = None
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -312,8 +379,15 @@ class Transfer:
                 # once instead of failing into the backoff. Each round moves forward.
                 self.check_stop()
                 offset = self.bytes_on_disk
-        except httpx.HTTPError as exc:
-            raise wrap_http_error(exc, self.url, self.product, self.stall_timeout_s) from exc
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            # InvalidURL (a URL over httpx's length limit, a bad port) is not an HTTPError
+            raise wrap_http_error(
+                exc,
+                self.url,
+                self.product,
+                self.stall_timeout_s,
+                redirected_from=self._answered_host,
+            ) from exc
 
     def _request(self, offset: int) -> TransferResult | None:
         headers: dict[str, str] = {}
@@ -327,20 +401,86 @@ class Transfer:
             if if_range is not None:
                 headers["If-Range"] = if_range
         self.stats.requests += 1
+        self._answered_host = None
         extensions = {"trace": self._trace}
-        with self.client.stream(
-            "GET", self.url, headers=headers, extensions=extensions
-        ) as response:
+        with contextlib.ExitStack() as stack:
+            with self._header_deadline():
+                try:
+                    response = stack.enter_context(
+                        self.client.stream("GET", self.url, headers=headers, extensions=extensions)
+                    )
+                except UnicodeError as exc:
+                    # idna's error for a host name no IDNA rule accepts (``xn--``): httpx
+                    # lets it through unwrapped, from our URL or from a redirect's Location.
+                    if self._answered_host is not None:
+                        raise httpx.RemoteProtocolError(
+                            f"Invalid URL in location header: {exc}."
+                        ) from exc
+                    raise httpx.InvalidURL(f"invalid host name: {exc}") from exc
             self._response = response
             try:
                 return self._handle(response, offset)
             finally:
                 self._response = None
 
+    @contextlib.contextmanager
+    def _header_deadline(self) -> Iterator[None]:
+        """Bound the wait for each response's status line and headers to the stall timeout.
+
+        The read timeout restarts with every byte, so a server dripping a header line (or
+        one byte of the status line) at a time would hold the request forever; the body
+        has the speed floor, the headers get this total deadline. A watch thread cuts the
+        request through abort() when it passes; the trace hook arms and disarms it.
+        """
+        self._headers_awaited_since = None
+        self._headers_overdue = False
+        finished = threading.Event()
+
+        def watch() -> None:
+            while not finished.wait(HEADER_DEADLINE_POLL_S):
+                since = self._headers_awaited_since
+                if since is not None and self.monotonic() - since >= self.stall_timeout_s:
+                    self._headers_overdue = True
+                    self.abort()
+                    return
+
+        watcher = threading.Thread(target=watch, name="header-deadline", daemon=True)
+        watcher.start()
+        try:
+            yield
+        except httpx.HTTPError as exc:
+            if not self._headers_overdue:
+                raise
+            host = self._origin[0] if self._origin else host_of(self.url)
+            raise self._error(
+                NetworkError,
+                f"no response headers from {host} within {self.stall_timeout_s:g}s",
+            ) from exc
+        finally:
+            finished.set()
+            watcher.join()
+            self._headers_awaited_since = None
+
     def _trace(self, event: str, info: dict[str, Any]) -> None:
-        """httpcore's trace hook: remember a new connection's stream as soon as it opens."""
-        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+        """httpcore's trace hook: remember a new connection's stream as soon as it opens,
+        and time the wait for each response's headers (see _header_deadline)."""
+        if event == "connection.connect_tcp.started":
+            self._origin = (str(info.get("host")), int(info.get("port") or 0))
+        elif event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
             self._stream = info.get("return_value")
+            if self._stream is not None and self._origin is not None:
+                _remember_stream(self.client, self._stream, self._origin)
+        elif event == "http11.send_request_headers.started":
+            origin = info["request"].url.origin
+            self._origin = (origin.host.decode("ascii"), origin.port)
+        elif event == "http11.receive_response_headers.started":
+            self._awaited_host = info["request"].url.host.decode("ascii", "replace")
+            self._headers_awaited_since = self.monotonic()
+        elif event == "http11.receive_response_headers.complete":
+            self._headers_awaited_since = None
+            self._answered_host = self._awaited_host
+        elif event == "http11.receive_response_headers.failed":
+            self._headers_awaited_since = None
 
     def abort(self) -> None:
         """Make a read blocked in another thread fail now (used to cancel a download),
@@ -352,6 +492,11 @@ class Transfer:
         streams = [self._stream]
         if response is not None:
             streams.append(response.extensions.get("network_stream"))
+        elif self._origin is not None:
+            # Waiting for headers, maybe on a kept-alive connection another transfer opened:
+            # requests run one at a time, so the open connections to this origin are idle
+            # but for the one in flight (an idle one shut down is simply dropped by the pool).
+            streams += _streams_to(self.client, self._origin)
         for stream in streams:
             sock = stream.get_extra_info("socket") if stream is not None else None
             if sock is not None:
@@ -398,10 +543,26 @@ class Transfer:
 
     def _handle_partial(self, response: httpx.Response, offset: int) -> TransferResult | None:
         """A 206: write it only when it starts exactly where we asked (0 for a plain GET)."""
-        content_range = parse_content_range(response.headers.get("Content-Range"))
-        if content_range is None or content_range.start != offset:
-            self._refuse_range(response, offset, content_range)
+        raw = response.headers.get("Content-Range")
+        content_range = parse_content_range(raw)
+        if content_range is None:
+            self._refuse_range(response, describe_bad_content_range(raw))
         assert content_range is not None
+        start, end = content_range.start, content_range.end
+        if start != offset:
+            self._refuse_range(
+                response,
+                f"that does not start where asked (asked for bytes from {offset}, "
+                f"got bytes {start}-{end})",
+            )
+        length = self._content_length(response)
+        if length is not None and length != end - start + 1:
+            # One of the two is wrong, and we cannot tell which bytes are where.
+            self._refuse_range(
+                response,
+                f"whose Content-Length ({length}) disagrees with its Content-Range "
+                f"(bytes {start}-{end}, {end - start + 1} bytes)",
+            )
         if offset and self._changed_since_checkpoint(response, content_range):
             # The file changed under us (or the server cannot tell versions apart): start
             # over cleanly rather than append bytes of another version.
@@ -417,22 +578,15 @@ class Transfer:
             replace=not offset,
         )
 
-    def _refuse_range(
-        self, response: httpx.Response, offset: int, content_range: ContentRange | None
-    ) -> None:
-        """A 206 we did not ask for (a range we did not request, or no usable range):
-        its bytes are never written, and the retry starts from a clean state."""
+    def _refuse_range(self, response: httpx.Response, problem: str) -> None:
+        """A 206 we cannot use (a range we did not request, no usable range, a length that
+        contradicts its range): its bytes are never written, and the retry starts from a
+        clean state."""
         response.close()
         self.reset()
-        if content_range is None:
-            raw = response.headers.get("Content-Range")
-            got = "no Content-Range" if raw is None else f"Content-Range {raw[:60]!r}"
-        else:
-            got = f"bytes {content_range.start}-{content_range.end}"
         raise self._error(
             ServerError,
-            f"{host_of(self.url)} sent a partial response that does not start where asked "
-            f"(asked for bytes from {offset}, got {got}): refused, nothing written",
+            f"{host_of(self.url)} sent a partial response {problem}: refused, nothing written",
             status=206,
             hint="the server's range support is broken; try again later or another mirror",
         )
@@ -635,15 +789,52 @@ def raise_for_status(response: httpx.Response, url: str, product: str | None) ->
 
 
 def wrap_http_error(
-    exc: httpx.HTTPError, url: str, product: str | None, stall_timeout_s: float
+    exc: httpx.HTTPError | httpx.InvalidURL,
+    url: str,
+    product: str | None,
+    stall_timeout_s: float,
+    *,
+    redirected_from: str | None = None,
 ) -> DownloadError:
     """Translate an httpx error into our tree; the caller raises it ``from exc``.
 
     The error names the URL that failed, which after a redirect is not the one asked for.
+    ``redirected_from``: the host whose answer was the last one received (when known).
     """
+    if isinstance(exc, httpx.InvalidURL):
+        # Raised while building the request, so the same URL fails the same way every time.
+        return PermanentError(
+            f"cannot fetch {shorten(redact_url(url), SHOWN_URL_CHARS)}: {_reason(exc)}",
+            product=product,
+            url=url,
+            hint="the stored URL cannot be requested; give a shorter or corrected URL",
+        )
+    asked = url
     with contextlib.suppress(RuntimeError):  # an error raised before any request was built
         url = str(exc.request.url)
     host = host_of(url)
+    if isinstance(exc, httpx.RemoteProtocolError) and str(exc).startswith(
+        "Invalid URL in location header"
+    ):
+        # httpx raises this on the response that carried the Location: the same answer
+        # comes back on every try.
+        reason = str(exc).partition(":")[2].strip().rstrip(".") or "unusable Location"
+        return PermanentError(
+            f"bad redirect from {redirected_from or host}: {shorten(reason, SHOWN_URL_CHARS)}",
+            product=product,
+            url=url,
+        )
+    if isinstance(exc, httpx.UnsupportedProtocol) and url != asked:
+        # A redirect to file:, ftp: and the like: httpx joined it with the old host, so its
+        # URL names a host the server never said: name the scheme and the redirecting host.
+        scheme = exc.request.url.scheme
+        source = redirected_from or host_of(asked)
+        return PermanentError(
+            f"redirect from {source} to an unsupported scheme {scheme!r}",
+            product=product,
+            url=asked,
+            hint="only http and https URLs can be downloaded",
+        )
     unverified = _certificate_failure(exc)
     if unverified is not None:
         # The same certificate fails the same way on every try: retrying only wastes time.

@@ -468,7 +468,9 @@ def test_short_body_on_a_resumed_request_completes(sim: NetSim, make_engine) -> 
     engine.offline(product(sim.url("/f")))
 
     assert stored(engine) == BODY
-    assert sent(sim, "/f") <= len(BODY) + SLACK
+    # a 206 whose Content-Length disagrees with its Content-Range is refused (nothing of it
+    # written), so the retry fetches the whole file again
+    assert sent(sim, "/f") <= 2 * len(BODY) + SLACK
 
 
 # -- outages: pause and continue without using attempts -----------------------------------
