@@ -112,10 +112,6 @@ def test_a_playback_answer_with_a_url_over_the_cap_is_bad_playback_info(
     assert _nothing_recorded(home)
 
 
-@pytest.mark.xfail(
-    reason="needs transfer.py to wrap httpx.InvalidURL (another branch of the same round)",
-    strict=False,
-)
 def test_a_paused_entry_with_an_overlong_url_left_by_the_old_crash_fails_only_itself(
     cli: Callable[..., Any], home: Path
 ) -> None:
