@@ -422,11 +422,16 @@ def _close_engines() -> None:
     while _open_engines:
         engine = _open_engines.pop()
         # One line per product whose database row could not be read (and was skipped).
+        # Both name what a damaged database holds: escaped, never raw to the terminal.
         for key, reason in engine.skipped_entries.items():
-            sys.stderr.write(
+            line = (
                 f"{PROG}: warning: {key}: unreadable database entry skipped ({reason}); "
-                f"`{PROG} delete` removes it\n"
+                f"`{PROG} delete` removes it"
             )
+            sys.stderr.write(escape_controls(line) + "\n")
+        for key, refused in engine.foreign_paths.items():
+            line = f"{PROG}: warning: {key}: its database entry named {refused}"
+            sys.stderr.write(escape_controls(line) + "\n")
         engine.close()
 
 

@@ -59,7 +59,7 @@ from offline_cli.paths import (
     touch_private,
 )
 from offline_cli.redaction import redact_url, scrub_urls
-from offline_cli.store import BadRow, ProductRows, Store
+from offline_cli.store import ProductRows, Store
 
 if TYPE_CHECKING:
     import httpx
@@ -137,6 +137,9 @@ class OfflineEngine:
         self._http: httpx.Client | None = None
         # hosts that honour If-Range only with a date (transfer.py): shared by all products
         self.date_if_range_hosts: set[str] = set()
+        # Paths a damaged row named that are not files of the store (offline.db, another
+        # product's media): left in place and reported, key -> what was refused.
+        self.foreign_paths: dict[str, str] = {}
         self._vault: CredentialVault | None = None
 
     # -- infrastructure -------------------------------------------------------------------
@@ -680,8 +683,8 @@ class OfflineEngine:
     def report_foreign_path(self, product_key: str, column: str, raw: str) -> None:
         """Name a row whose ``column`` points at a file the store does not own (offline.db,
         credentials.json, another product's media): that file is left in place."""
-        self.store.skip_bad_row(
-            product_key, BadRow(f"{column} {raw!r} is not a file of the store; left in place")
+        self.foreign_paths.setdefault(
+            product_key, f"{column} {raw!r} is not a file of the store; left in place"
         )
 
     def _discard_partials(self, entry: DownloadEntry) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,23 @@ def test_a_license_already_expired_fails_before_anything_is_fetched(
     assert "Traceback" not in result.output
     assert [r.path for r, _ in httpserver.log] == ["/tracks/9"]  # no media, no license
     assert cli("state", "track:9").stdout == "NOT_OFFLINED\n"
+
+
+def test_a_path_refused_on_delete_is_reported_without_suggesting_delete_again(
+    cli, home: Path, httpserver: HTTPServer
+) -> None:
+    httpserver.expect_request("/m").respond_with_data(BODY)
+    url = httpserver.url_for("/m")
+    assert cli("offline", "-q", url).exit_code == 0
+    conn = sqlite3.connect(home / "offline.db")
+    conn.execute("UPDATE offlined_entries SET license_path = ?", (str(home / "offline.db"),))
+    conn.commit()
+    conn.close()
+
+    deleted = cli("delete", url)
+
+    assert deleted.exit_code == 0, deleted.output
+    [warning] = [line for line in deleted.stderr.splitlines() if "warning" in line]
+    assert "not a file of the store; left in place" in warning
+    assert "delete` removes it" not in warning  # it was just deleted
+    assert (home / "offline.db").is_file()
