@@ -204,6 +204,22 @@ class Layout:
                 hint=f"fix its permissions or point ${HOME_ENV} at a writable folder",
             ) from exc
 
+    def rehome(self, raw: str | None) -> str | None:
+        """A path read from the database, under this home even when the home was moved or
+        restored elsewhere since it was written (rows hold absolute paths).
+
+        Only the store's own shapes move: ``.../store/<folder>/<file>`` and
+        ``.../partial/<file>``; anything else (a damaged row naming /etc/passwd) is returned
+        as it is, for own_file to refuse.
+        """
+        if not raw or not os.path.isabs(raw) or "\0" in raw:
+            return raw
+        parts = Path(raw).parts
+        for anchor, depth in ((self.store_dir.name, 3), (self.partial_dir.name, 2)):
+            if len(parts) > depth and parts[-depth] == anchor and ".." not in parts[-depth:]:
+                return str(self.home.joinpath(*parts[-depth:]))
+        return raw
+
     def own_file(
         self,
         raw: str | os.PathLike[str] | None,

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -335,6 +335,8 @@ class Store:
     ) -> None:
         self.path = path
         self.clock = clock
+        # The home this database lives in now: stored paths are read relative to it.
+        self._layout = Layout(path.parent)
         self.read_only_reason = read_only_reason
         # Rows read commands skipped because a value could not be read: product -> why.
         self.bad_rows: dict[str, str] = {}
@@ -768,21 +770,40 @@ class Store:
     # -- offlined entries ----------------------------------------------------------------
 
     def _offlined(self, rows: Iterable[_OfflinedRow]) -> list[OfflinedEntry]:
+        rehome = self._layout.rehome
         entries = []
         for row in rows:
             try:
-                entries.append(_offlined_from_row(row))
+                entry = _offlined_from_row(row)
             except BadRow as exc:
                 self.skip_bad_row(row.product_key, exc)
+                continue
+            # A moved home keeps its products: never read as missing, never as orphans.
+            entries.append(
+                replace(
+                    entry,
+                    media_path=rehome(entry.media_path) or entry.media_path,
+                    license_path=rehome(entry.license_path),
+                )
+            )
         return entries
 
     def _downloads(self, rows: Iterable[_DownloadRow]) -> list[DownloadEntry]:
+        rehome = self._layout.rehome
         entries = []
         for row in rows:
             try:
-                entries.append(_download_from_row(row))
+                entry = _download_from_row(row)
             except BadRow as exc:
                 self.skip_bad_row(row.product_key, exc)
+                continue
+            entries.append(
+                replace(
+                    entry,
+                    partial_media_path=rehome(entry.partial_media_path),
+                    partial_license_path=rehome(entry.partial_license_path),
+                )
+            )
         return entries
 
     def get_offlined(self, product_key: str) -> OfflinedEntry | None:
@@ -960,7 +981,11 @@ class Store:
                         str(d.product_key),
                         str(exc),
                         _as_float(d.updated_at),
-                        _paths(d.partial_media_path, d.partial_license_path),
+                        _paths(
+                            *map(
+                                self._layout.rehome, (d.partial_media_path, d.partial_license_path)
+                            )
+                        ),
                     )
                 )
         for o in offlined:
@@ -1004,7 +1029,8 @@ class Store:
                 _DownloadRow.partial_media_path, _DownloadRow.partial_license_path
             ):
                 paths.update(_paths(d.partial_media_path, d.partial_license_path))
-        return paths
+        # As written and as under the home today (a moved home's files are still owned).
+        return paths | {p for p in map(self._layout.rehome, paths) if p}
 
     # -- metrics and settings --------------------------------------------------------------
 

@@ -91,3 +91,27 @@ def test_a_path_refused_on_delete_is_reported_without_suggesting_delete_again(
     assert "not a file of the store; left in place" in warning
     assert "delete` removes it" not in warning  # it was just deleted
     assert (home / "offline.db").is_file()
+
+
+def test_a_moved_home_keeps_its_products_and_cleanup_keeps_their_files(
+    cli, tmp_path: Path, httpserver: HTTPServer, monkeypatch
+) -> None:
+    httpserver.expect_request("/m").respond_with_data(BODY)
+    httpserver.expect_request("/l").respond_with_data(b"license")
+    url = httpserver.url_for("/m")
+    first = tmp_path / "first-home"
+    monkeypatch.setenv("OFFLINE_CLI_HOME", str(first))
+    assert cli("offline", "-q", url, "--license-url", httpserver.url_for("/l")).exit_code == 0
+    moved = tmp_path / "moved-home"
+    first.rename(moved)  # a restore from backup, or a new disk
+    monkeypatch.setenv("OFFLINE_CLI_HOME", str(moved))
+    stored = sorted(p.name for p in (moved / "store").rglob("*") if p.is_file())
+
+    assert cli("state", url).stdout == "OFFLINED_AND_VALID\n"
+    assert cli("validate").stdout == f"{url}\tVALID\n"
+    cleanup = cli("cleanup", "--older-than", "0")
+    assert cleanup.exit_code == 0 and "orphan" not in cleanup.output, cleanup.output
+    assert sorted(p.name for p in (moved / "store").rglob("*") if p.is_file()) == stored
+    assert cli("delete", url).exit_code == 0
+    assert not any(p.is_file() for p in (moved / "store").rglob("*"))
+    assert not first.exists()  # nothing was written where the home used to be
