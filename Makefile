@@ -36,7 +36,7 @@ completions:  ## regenerate the shell completion scripts
 	done
 
 run:  ## download URL=... into the store (make run URL=https://example.com/file)
-	$(BIN)/offline-cli offline $(URL)
+	$(BIN)/offline-cli offline '$(URL)'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -6,6 +6,7 @@ commands that download, so `state` stays light.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -239,17 +240,27 @@ def _setup_logging(verbose: bool, log_file: str | None) -> None:
     if log_file:
         try:
             # A new log file is owner-only whatever the umask (it names products and hosts).
-            # O_NONBLOCK: a FIFO nobody reads fails here (ENXIO) instead of hanging the command.
+            # O_NONBLOCK: a FIFO nobody reads fails here (ENXIO) instead of hanging the command;
+            # one that is read (`--log-file /dev/stderr` piped in CI) is fine.
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
-            fd = os.open(log_file, flags, PRIVATE_FILE_MODE)
+            try:
+                fd = os.open(log_file, flags, PRIVATE_FILE_MODE)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    raise ConfigError(
+                        f"cannot write log file {log_file}: a FIFO nobody reads",
+                        hint="start its reader first, or give --log-file a file",
+                    ) from None
+                raise
             try:
                 mode = os.fstat(fd).st_mode
             finally:
                 os.close(fd)
-            if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+            if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+                # A block device (a disk) would be overwritten line by line.
                 raise ConfigError(
-                    f"cannot write log file {log_file}: not a regular file",
-                    hint="give --log-file a file (or a device such as /dev/stderr)",
+                    f"cannot write log file {log_file}: not a file, a pipe or a terminal",
+                    hint="give --log-file a file (or /dev/stderr)",
                 )
             file_handler = _LogFileHandler(log_file, mode="a", encoding="utf-8")
         except OSError as exc:
@@ -757,7 +768,11 @@ def delete_all(
             _fail(
                 UsageError("refusing to delete everything without --yes (stdin is not a terminal)")
             )
-        if not typer.confirm("Delete every offlined product and all partial data?"):
+        try:
+            confirmed = typer.confirm("Delete every offlined product and all partial data?")
+        except typer.Abort:  # end of input at the prompt: a no, not an interrupt
+            confirmed = False
+        if not confirmed:
             _print_error("nothing deleted")
             raise typer.Exit(EXIT_USAGE)
     try:

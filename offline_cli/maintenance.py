@@ -88,6 +88,22 @@ class CleanupManager:
         self.engine = engine
 
     def run(self, *, older_than_s: float, dry_run: bool) -> CleanupReport:
+        store = self.engine.store
+        if not dry_run and store.read_only:
+            # Nothing can be removed nor recorded: say so before touching anything.
+            raise StoreUnwritable(
+                f"cannot clean up the store: {store.read_only_reason}",
+                hint="make the home writable (or free some space); `cleanup --dry-run` works",
+            )
+        try:
+            return self._run(older_than_s=older_than_s, dry_run=dry_run)
+        except OSError as exc:  # a file that cannot be removed: the home went read-only
+            raise StoreUnwritable(
+                f"cannot clean up the store: cannot remove {exc.filename}: {exc.strerror or exc}",
+                hint="make the home writable; run cleanup again",
+            ) from exc
+
+    def _run(self, *, older_than_s: float, dry_run: bool) -> CleanupReport:
         engine, store, layout = self.engine, self.engine.store, self.engine.layout
         report = CleanupReport(dry_run=dry_run, older_than_s=older_than_s)
         cutoff = engine._clock() - older_than_s

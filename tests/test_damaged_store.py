@@ -183,6 +183,8 @@ def test_read_only_home_read_commands_work_and_writers_change_nothing(
     folders = [home, *(p for p in home.rglob("*") if p.is_dir())]
     try:
         (product,) = _offline(make_engine, sim, "a", home=home)
+        orphan = home / "store" / "planted-orphan"
+        orphan.write_bytes(b"no entry owns this")
         files_before = _stored_files(home)
         db_before = (home / "offline.db").read_bytes()
         if os.geteuid() == 0:
@@ -205,7 +207,14 @@ def test_read_only_home_read_commands_work_and_writers_change_nothing(
         assert len(deleted.stderr.strip().splitlines()) == 1
         assert _stored_files(home) == files_before
         assert (home / "offline.db").read_bytes() == db_before
-        _no_traceback(state.output, validate.output, deleted.output)
+
+        cleaned = cli("cleanup", "--older-than", "0")
+        assert cleaned.exit_code == 4, cleaned.output
+        assert len(cleaned.stderr.strip().splitlines()) == 1, cleaned.stderr
+        assert orphan.exists() and _stored_files(home) == files_before
+        dry = cli("cleanup", "--older-than", "0", "--dry-run")
+        assert dry.exit_code == 0 and str(orphan) in dry.stdout, dry.output
+        _no_traceback(state.output, validate.output, deleted.output, cleaned.output)
     finally:
         if os.geteuid() == 0:
             subprocess.run(["umount", "-l", str(base)], capture_output=True)

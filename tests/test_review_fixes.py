@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from pytest_httpserver import HTTPServer
 
@@ -29,7 +30,7 @@ def test_log_file_that_is_a_fifo_nobody_reads_is_refused_not_waited_on(
         stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 2, result.stderr
-    assert result.stderr.count("\n") == 1 and "cannot write log file" in result.stderr
+    assert result.stderr.count("\n") == 1 and "a FIFO nobody reads" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -115,3 +116,40 @@ def test_a_moved_home_keeps_its_products_and_cleanup_keeps_their_files(
     assert cli("delete", url).exit_code == 0
     assert not any(p.is_file() for p in (moved / "store").rglob("*"))
     assert not first.exists()  # nothing was written where the home used to be
+
+
+def _run(home: Path, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OFFLINE_CLI_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "offline_cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        **kwargs,
+    )
+
+
+def test_log_file_dev_stderr_works_when_stderr_is_a_pipe(home: Path) -> None:
+    # As in CI and cron: stderr is a pipe someone reads.
+    result = _run(home, "--log-file", "/dev/stderr", "state", stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    assert "error" not in result.stderr
+
+
+def test_end_of_input_at_the_delete_all_prompt_is_a_no(
+    cli, home: Path, httpserver: HTTPServer
+) -> None:
+    httpserver.expect_request("/m").respond_with_data(BODY)
+    url = httpserver.url_for("/m")
+    assert cli("offline", "-q", url).exit_code == 0
+    controller, terminal = os.openpty()
+    os.write(controller, b"\x04")  # Ctrl-D at the prompt: end of input
+    try:
+        result = _run(home, "delete-all", stdin=terminal)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert result.returncode == 2, result.stderr
+    assert "nothing deleted" in result.stderr and "interrupted" not in result.stderr
+    assert cli("state", url).stdout == "OFFLINED_AND_VALID\n"
