@@ -761,7 +761,9 @@ class Store:
         with self._errors():
             rows = self._db.execute_sql("PRAGMA quick_check(1)").fetchall()
         if rows != [("ok",)]:
-            raise self._storage_error(sqlite3.DatabaseError(f"quick_check: {rows[0][0]}"))
+            # Its first finding, on one line: the message is one line on stderr.
+            first = str(rows[0][0]).strip().splitlines() or ["damaged"]
+            raise self._storage_error(sqlite3.DatabaseError(f"quick_check: {first[0]}"))
 
     def integrity_check(self) -> str:
         with self._errors():

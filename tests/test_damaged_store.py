@@ -525,6 +525,7 @@ def test_resume_on_a_damaged_database_exits_4(cli, make_engine, sim, home) -> No
     assert result.exit_code == 4, result.output
     assert "nothing to resume" not in result.stderr
     assert "integrity_check fails" in result.stderr
+    assert "\\x0a" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
     _no_traceback(result.output)
 
 
