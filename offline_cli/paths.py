@@ -113,6 +113,11 @@ class Layout:
 
     home: Path
 
+    def __post_init__(self) -> None:
+        # Absolute and without `..`, once: every path the store records is spelt from it, so
+        # a relative `--home` used from another folder still names the same files.
+        object.__setattr__(self, "home", Path(os.path.abspath(self.home)))
+
     @property
     def database(self) -> Path:
         return self.home / "offline.db"
@@ -205,14 +210,14 @@ class Layout:
             ) from exc
 
     def rehome(self, raw: str | None) -> str | None:
-        """A path read from the database, under this home even when the home was moved or
-        restored elsewhere since it was written (rows hold absolute paths).
+        """A path read from the database, under this home even when the home was moved,
+        restored elsewhere or spelt differently (a link, a relative path) when it was written.
 
         Only the store's own shapes move: ``.../store/<folder>/<file>`` and
         ``.../partial/<file>``; anything else (a damaged row naming /etc/passwd) is returned
         as it is, for own_file to refuse.
         """
-        if not raw or not os.path.isabs(raw) or "\0" in raw:
+        if not raw or "\0" in raw:
             return raw
         parts = Path(raw).parts
         for anchor, depth in ((self.store_dir.name, 3), (self.partial_dir.name, 2)):

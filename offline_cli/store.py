@@ -32,7 +32,7 @@ from offline_cli.models import (
     looks_like_url,
 )
 from offline_cli.paths import Layout
-from offline_cli.redaction import scrub_urls
+from offline_cli.redaction import has_controls, scrub_urls
 
 # Version 1 is the first release: download and offlined entries. Version 2 adds resume
 # bookkeeping, cancellation, validation marks, metrics and settings. Version 3 renames URL
@@ -643,7 +643,9 @@ class Store:
                 for part in info.values()
                 if isinstance(part, dict) and isinstance(part.get("url"), str)
             )
-        urls = [u for u in urls if looks_like_url(u)]
+        # A URL no release could have stored (controls, lone surrogates) is damage, not a
+        # name to carry over: it keeps its value, and reads of that row skip it as bad.
+        urls = [u for u in urls if looks_like_url(u) and not has_controls(u)]
         try:
             renamed = vault.rename_by_current_rule(urls)
         except OSError as exc:

@@ -470,3 +470,27 @@ def test_schema_2_products_that_would_now_share_a_name_are_not_merged(
     # today's rule: any ``?code=`` URL of that file is the product completed last
     again = cli("offline", first)
     assert again.exit_code == 0 and "already offline and valid" in again.stderr
+
+
+def test_schema_2_store_with_a_lone_surrogate_in_a_checkpoint_still_opens(
+    cli: Callable[..., Any], home: Path, httpserver: HTTPServer
+) -> None:
+    _by_query(httpserver)
+    url = f"{httpserver.url_for('/export')}?keyword=cats&token={SECRET}"
+    assert cli("offline", url).exit_code == 0
+    _make_schema_2(home, [url])
+    conn = sqlite3.connect(home / "offline.db")
+    # JSON's escape for a lone surrogate: no release wrote it, a damaged database may hold it
+    conn.execute(
+        "UPDATE download_entries SET resume_info = ?",
+        ['{"media": {"url": "http://127.0.0.1:1/m?token=\\ud800", "total": 1}}'],
+    )
+    conn.commit()
+    conn.close()
+
+    listed = cli("state")
+
+    assert listed.exit_code == 0, listed.output
+    assert "Traceback" not in listed.output
+    assert _user_version(home) == 3
+    assert cli("delete-all", "--yes").exit_code == 0

@@ -153,3 +153,28 @@ def test_end_of_input_at_the_delete_all_prompt_is_a_no(
     assert result.returncode == 2, result.stderr
     assert "nothing deleted" in result.stderr and "interrupted" not in result.stderr
     assert cli("state", url).stdout == "OFFLINED_AND_VALID\n"
+
+
+def test_the_home_spelt_another_way_keeps_its_products(
+    cli, tmp_path: Path, httpserver: HTTPServer, monkeypatch
+) -> None:
+    httpserver.expect_request("/m").respond_with_data(BODY)
+    url = httpserver.url_for("/m")
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    assert cli("--home", str(link), "offline", "-q", url).exit_code == 0
+    assert cli("--home", "real", "offline", "-q", url + "?second").exit_code == 0
+    monkeypatch.chdir(real)  # the relative spelling now names nothing here
+    stored = sorted(p for p in (real / "store").rglob("*") if p.is_file())
+    assert len(stored) == 2
+
+    for spelling in (str(real), str(link), str(tmp_path / "x" / ".." / "real")):
+        assert cli("--home", spelling, "state").stdout == (
+            f"{url}\tOFFLINED_AND_VALID\n{url}?second\tOFFLINED_AND_VALID\n"
+        ), spelling
+        cleanup = cli("--home", spelling, "cleanup", "--older-than", "0")
+        assert cleanup.exit_code == 0 and "orphan" not in cleanup.output, cleanup.output
+    assert sorted(p for p in (real / "store").rglob("*") if p.is_file()) == stored
