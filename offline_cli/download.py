@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import os
+import stat
 import threading
 from collections.abc import Callable
 from contextlib import suppress
@@ -22,6 +23,7 @@ from offline_cli.errors import (
     DownloadError,
     NetworkError,
     OfflineError,
+    PermanentError,
 )
 from offline_cli.listener import OfflineEngineListener
 from offline_cli.models import DownloadEntry, DownloadState, MediaProduct, OfflinedEntry
@@ -374,12 +376,35 @@ class ProductRun(OfflineEngineListener):
             if partial and not Path(partial).exists() and final.exists():
                 os.replace(final, partial)
 
+    def _check_still_ours(self, written: TransferResult, layout: Layout) -> None:
+        """The partial file about to be committed is the one this run wrote and hashed:
+        a link or another file swapped in meanwhile (or a linked partial folder) would be
+        stored under a SHA-256 it does not have, or import a file from outside the home."""
+        try:
+            info = os.lstat(written.path)
+            swapped = (
+                os.path.islink(layout.partial_dir)
+                or not stat.S_ISREG(info.st_mode)
+                or info.st_size != written.size
+            )
+        except OSError:
+            swapped = True
+        if swapped:
+            raise PermanentError(
+                f"{written.path} was replaced while it downloaded; nothing was stored",
+                product=self.product.key,
+                hint="something else writes in the home's partial folder; run offline again",
+            )
+
     def _commit(
         self, media: TransferResult, license_result: TransferResult | None, layout: Layout
     ) -> None:
         key = self.product.key
         final_media = layout.final_media_path(key, self.entry.id)
         final_license = layout.final_license_path(key, self.entry.id) if license_result else None
+        for written in (license_result, media):
+            if written is not None:
+                self._check_still_ours(written, layout)
         if final_media.parent.is_symlink():
             final_media.parent.unlink()  # a link planted in the store: never write through it
         final_media.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
@@ -403,7 +428,7 @@ class ProductRun(OfflineEngineListener):
             license_expires_at=expires.timestamp() if isinstance(expires, datetime) else None,
             source_url=self.engine.vault.seal(self.product.url) or "",
             license_url=self.engine.vault.seal(self.product.license_url),
-            mtime_ns=final_media.stat().st_mtime_ns,
+            mtime_ns=os.stat(final_media, follow_symlinks=False).st_mtime_ns,
             completed_at=self.engine._clock(),
         )
         old = self.engine.store.commit_product(self.entry.id, offlined)

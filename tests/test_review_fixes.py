@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import resource
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pytest_httpserver import HTTPServer
+
+from offline_cli import MediaProduct, OfflineEngineListener, OfflineState
+from offline_cli.errors import PermanentError
 
 BODY = b"review" * 1000
 
@@ -178,3 +184,81 @@ def test_the_home_spelt_another_way_keeps_its_products(
         cleanup = cli("--home", spelling, "cleanup", "--older-than", "0")
         assert cleanup.exit_code == 0 and "orphan" not in cleanup.output, cleanup.output
     assert sorted(p for p in (real / "store").rglob("*") if p.is_file()) == stored
+
+
+class _SwapAtTheEnd(OfflineEngineListener):
+    """When the last byte has arrived (before the commit), replace what was written."""
+
+    def __init__(self, home: Path, swap: Callable[[Path], None]) -> None:
+        self.home, self.swap, self.done = home, swap, False
+
+    def offlining_bytes(self, product: MediaProduct, done: int, total: int | None) -> None:
+        if not self.done and total is not None and done == total:
+            self.done = True
+            [partial] = (self.home / "partial").glob("*.media.part")
+            self.swap(partial)
+
+
+def _swap_file_for_link(victim: Path) -> Callable[[Path], None]:
+    def swap(partial: Path) -> None:
+        partial.unlink()
+        partial.symlink_to(victim)
+
+    return swap
+
+
+def _swap_folder_for_link(elsewhere: Path) -> Callable[[Path], None]:
+    def swap(partial: Path) -> None:
+        elsewhere.mkdir()
+        (elsewhere / partial.name).write_bytes(b"E" * len(BODY))  # same size, other bytes
+        folder = partial.parent
+        folder.rename(folder.with_name("partial.old"))
+        folder.symlink_to(elsewhere, target_is_directory=True)
+
+    return swap
+
+
+@pytest.mark.parametrize("how", ["file", "folder"])
+def test_a_partial_swapped_before_the_commit_is_never_stored(
+    make_engine, home: Path, tmp_path: Path, httpserver: HTTPServer, how: str
+) -> None:
+    httpserver.expect_request("/m").respond_with_data(BODY)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"V" * len(BODY))
+    swap = (
+        _swap_file_for_link(victim)
+        if how == "file"
+        else _swap_folder_for_link(tmp_path / "elsewhere")
+    )
+    product = MediaProduct.from_url(httpserver.url_for("/m"))
+    engine = make_engine(_SwapAtTheEnd(home, swap))
+
+    with pytest.raises(PermanentError, match="replaced while it downloaded"):
+        engine.offline(product)
+
+    assert engine.get_offline_state(product) is OfflineState.NOT_OFFLINED
+    assert not any(p.is_file() for p in (home / "store").rglob("*"))
+    assert victim.read_bytes() == b"V" * len(BODY)
+
+
+def test_a_list_of_millions_of_blank_lines_reads_in_bounded_memory(
+    home: Path, tmp_path: Path
+) -> None:
+    listing = tmp_path / "blank.txt"
+    listing.write_text(" \t\n" * (8 << 20))  # 24 MiB, 8 million blank lines
+
+    def limit_memory() -> None:
+        # A list of every line took about 27 times the file; reading them one by one, 3 times.
+        resource.setrlimit(resource.RLIMIT_AS, (400 << 20, 400 << 20))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "offline_cli", "offline", "-i", str(listing)],
+        env={**os.environ, "OFFLINE_CLI_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=limit_memory,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "no product given" in result.stderr and "Traceback" not in result.stderr
