@@ -10,7 +10,7 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 from offline_cli.errors import UsageError
-from offline_cli.redaction import has_controls, redact_url
+from offline_cli.redaction import has_controls, redact_refused, redact_url
 
 
 class ProductType(enum.Enum):
@@ -133,7 +133,7 @@ def parse_product_name(text: str) -> tuple[ProductType, str]:
     if match is None:
         # Redacted: ``user:password@host/f`` (a URL without its scheme) is not a product name.
         raise UsageError(
-            f"malformed product {redact_url(text)!r}",
+            f"malformed product {redact_refused(text)!r}",
             hint="write a product as TYPE:ID (track:42, video:7, file:report) or give a URL",
         )
     type_name = match.group("type")
@@ -161,9 +161,10 @@ def check_url(text: str) -> str:
     if len(text) > MAX_URL_CHARS:
         # httpx refuses a URL this long only when fetching, after an entry exists.
         raise UsageError(
-            f"malformed URL {shorten(redact_url(text))!r}: longer than {MAX_URL_CHARS} characters"
+            f"malformed URL {shorten(redact_refused(text))!r}: longer than {MAX_URL_CHARS} "
+            "characters"
         )
-    shown = redact_url(text)
+    shown = redact_refused(text)
     if has_controls(text):
         # Refused before anything else: httpx rejects them only when fetching (after an
         # entry exists), a name holding ESC would rewrite the terminal when printed, and a

@@ -201,3 +201,17 @@ def escape_controls(text: str, keep: str = "") -> str:
 def has_controls(text: str) -> bool:
     """True when ``text`` holds a character that ``escape_controls`` would escape."""
     return _CONTROL_RE.search(text) is not None
+
+
+def redact_refused(text: str) -> str:
+    """Refused input as an error message may quote it: redacted, and everything between the
+    scheme and the last ``@`` hidden too. A password holding ``/``, ``?`` or ``#`` ends the
+    authority early (``http://u:pa/ss@host``), so no parse finds it; refused text names no
+    product, so hiding a little too much costs nothing."""
+    shown = redact_url(text)
+    scheme, separator, rest = shown.partition("://")
+    prefix = scheme + separator if separator else ""
+    rest = rest if separator else shown
+    if "@" in rest:
+        rest = REDACTED + rest[rest.rindex("@") :]
+    return prefix + rest

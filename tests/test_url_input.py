@@ -206,6 +206,10 @@ def test_lone_surrogates_print_escaped() -> None:
         f"ftp://u:{SECRET}@127.0.0.1/f",
         f"http://u:{SECRET}@127.0.0.1:99999/f",
         f"http://u:{SECRET}@127.0.0.1/f\x1b[2J",
+        # a password holding "/", "?" or "#" ends the authority before its "@"
+        f"http://user:{SECRET}/2@127.0.0.1:1/f",
+        f"https://user:{SECRET}?w@127.0.0.1/f",
+        f"http://user:{SECRET}#w@127.0.0.1/f",
     ],
 )
 def test_a_refused_url_is_never_echoed_with_its_credentials(
