@@ -404,12 +404,8 @@ class OfflineEngine:
             lock.acquire(timeout=LOCK_PROBE_GRACE_S, poll_interval=LOCK_POLL_S / 5)
         except Timeout:
             if not wait:
-                entry = self.store.latest_download(product.key)
-                raise BusyError(
-                    "another process is downloading it"
-                    + (f" (pid {entry.owner_pid})" if entry and entry.owner_pid else ""),
-                    product=product.key,
-                    hint="run again without --no-wait to wait for it",
+                raise self._busy(
+                    product.key, "run again without --no-wait to wait for it"
                 ) from None
             entry = self.store.latest_download(product.key)
             self.listener.offlining_waiting_for_other(product, entry.owner_pid if entry else None)
@@ -430,6 +426,12 @@ class OfflineEngine:
             return Outcome.DOWNLOADED
         finally:
             lock.release()
+
+    def _busy(self, product_key: str, hint: str) -> BusyError:
+        """--no-wait met a download another live process runs: one message for both commands."""
+        entry = self.store.latest_download(product_key)
+        pid = f" (pid {entry.owner_pid})" if entry and entry.owner_pid else ""
+        return BusyError(f"another process is downloading it{pid}", product=product_key, hint=hint)
 
     def check_resolvable(self, products: Sequence[MediaProduct]) -> None:
         """UsageError when a product has no URL and there is no playback-info source."""
@@ -923,9 +925,8 @@ class OfflineEngine:
         results: list[ResumeResult] = []
         for product in self.resumable_products(products):
             if self.is_running_elsewhere(product.key) and not wait:
-                results.append(
-                    ResumeResult(product, None, BusyError("running elsewhere", product=product.key))
-                )
+                busy = self._busy(product.key, "left to that process (exit 3: skipped)")
+                results.append(ResumeResult(product, None, busy))
                 continue
             try:
                 outcome = self.offline_product(product, wait=wait)

@@ -277,6 +277,8 @@ def test_no_wait_exits_3_at_once(sim: NetSim, procs: Procs, home: Path) -> None:
 
     resumed = procs.run("resume", "--no-wait", timeout=20)
     assert resumed.returncode == 3, resumed.stderr
+    # the same words as offline's, naming the process (a cron job's mail says who has it)
+    assert f"another process is downloading it (pid {first.pid})" in resumed.stderr
     assert first.running()
 
     assert first.wait() == 0, first.stderr()
