@@ -286,6 +286,10 @@ class Transfer:
         # of that last, too slow window. They are not progress that should keep a crawling
         # server retried forever (the bytes before it, when it was fast, are).
         self.slow_bytes = 0
+        # The speed floor of the try in progress: one for all its rounds, so a server
+        # answering bounded 206s of a byte or two at a time is measured over the whole
+        # window like any slow body (each round counted afresh would never trip it).
+        self._speed: _SpeedFloor | None = None
         self._response: httpx.Response | None = None
         # The connection of the request in flight, known before any header arrives.
         self._stream: Any = None
@@ -354,6 +358,7 @@ class Transfer:
 
     def attempt(self) -> TransferResult:
         self.slow_bytes = 0
+        self._speed = None
         self.partial_path.parent.mkdir(parents=True, exist_ok=True)
         if self.partial_path.is_symlink():
             # Not a file we wrote: never append to (or truncate) whatever it points at.
@@ -525,21 +530,57 @@ class Transfer:
             if self.checkpoint.last_modified:
                 self.date_if_range_hosts.add(host_of(self.url))
             return self._write_body(response, offset, end=total, total=total, skip=offset)
+        # The length recorded for the version this answer names: a body under the same
+        # validator must end exactly there, whether it says its length or not.
+        recorded = self.checkpoint.total if self._same_validator(response) else None
+        if recorded is not None and total is not None and total != recorded:
+            response.close()
+            raise self._length_contradiction(response, f"a length of {total} bytes", recorded)
         if offset:
-            # A 200 where 206 was asked and the file changed: the body is the whole new
-            # file, so restart with it.
+            # A 200 where 206 was asked: the file changed, or the server cannot tell us its
+            # length (then its bytes are not appended to ours), so restart with the body.
             self.stats.restarts += 1
+        if total is None and recorded is not None:
+            # No length vouches for these bytes: whatever stops the body short of the
+            # recorded length (it ends, a cut, a stall) drops them, never resumed from.
+            try:
+                return self._write_body(response, 0, end=None, total=recorded, replace=True)
+            except BaseException:
+                self.partial_path.unlink(missing_ok=True)
+                raise
         return self._write_body(response, 0, end=total, total=total, replace=True)
 
     def _same_version(self, response: httpx.Response, total: int | None) -> bool:
-        """True when a whole-file answer carries the validators of the bytes we hold."""
-        if total is not None and self.checkpoint.total not in (None, total):
+        """True when a whole-file answer carries the validators of the bytes we hold and
+        their length (a missing length does not agree with a known one)."""
+        if self.checkpoint.total is not None and total != self.checkpoint.total:
             return False
+        return self._same_validator(response)
+
+    def _same_validator(self, response: httpx.Response) -> bool:
+        """True when a response names the version of the checkpoint: the same strong ETag,
+        else the same Last-Modified date."""
         etag: str | None = response.headers.get("ETag")
         if etag and not etag.startswith("W/") and self.checkpoint.strong_etag:
             return etag == self.checkpoint.strong_etag
         modified: str | None = response.headers.get("Last-Modified")
         return modified is not None and modified == self.checkpoint.last_modified
+
+    def _length_contradiction(
+        self, response: httpx.Response, got: str, recorded: int
+    ) -> DownloadError:
+        """A server fault (retried; one that keeps at it fails): an answer naming the version
+        we recorded whose body is not that version's length. Nothing of it is stored, and
+        the checkpoint keeps the recorded length for the next try."""
+        validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
+        return self._error(
+            ServerError,
+            f"{host_of(self.url)} sent the same version ({shorten(str(validator), 60)}) "
+            f"with {got}, not the {recorded} bytes recorded for it: refused, nothing stored",
+            status=response.status_code,
+            hint="the server contradicts itself (a truncated file?); try again later or "
+            "another mirror",
+        )
 
     def _handle_partial(self, response: httpx.Response, offset: int) -> TransferResult | None:
         """A 206: write it only when it starts exactly where we asked (0 for a plain GET)."""
@@ -651,9 +692,11 @@ class Transfer:
         """Write the body at ``offset`` up to ``end`` (exclusive; None: until it ends).
 
         ``total`` is the whole file's length; ``end < total`` is a bounded range, after
-        which None is returned so the caller asks for the rest. ``replace`` drops the bytes
-        on disk first; ``skip`` drops that many bytes from the start of the body (a whole-
-        file answer to a resume, whose first bytes we hold already).
+        which None is returned so the caller asks for the rest. With ``end`` None, ``total``
+        is the length recorded for the same version (None: unknown), where the body must
+        end. ``replace`` drops the bytes on disk first; ``skip`` drops that many bytes from
+        the start of the body (a whole-file answer to a resume, whose first bytes we hold
+        already).
         """
         if total is not None:
             self._check_space(total - offset)
@@ -677,7 +720,11 @@ class Transfer:
         self.on_checkpoint(self.checkpoint)
         hasher = self._hash_existing(offset) if offset else hashlib.sha256()
         done = offset
-        speed = _SpeedFloor(self.min_speed, self.stall_timeout_s, self.monotonic)
+        if self._speed is None:
+            # From the first body of the try: the wait for its headers has its own
+            # deadline, and the waits between bounded rounds count against the window.
+            self._speed = _SpeedFloor(self.min_speed, self.stall_timeout_s, self.monotonic)
+        speed = self._speed
         try:
             # 0600 and never through a link planted after the check in attempt().
             flags = os.O_WRONLY | (os.O_APPEND if offset else os.O_TRUNC)
@@ -688,6 +735,10 @@ class Transfer:
                     chunk = raw
                     if skip:
                         chunk, skip = raw[skip:], max(0, skip - len(raw))
+                    if end is None and total is not None and done + len(chunk) > total:
+                        raise self._length_contradiction(
+                            response, f"a body longer than {total} bytes", total
+                        )
                     if end is not None and done + len(chunk) > end:
                         # Never write past what the server announced.
                         chunk = chunk[: end - done]
@@ -727,10 +778,14 @@ class Transfer:
                 NetworkError,
                 f"body cut short: got {done} of {end} bytes from {host_of(self.url)}",
             )
-        if total is None and end is None:
-            # No length given: the body ran to its end, and that is the file.
+        if end is None and total is None:
+            # No length given nor known: the body ran to its end, and that is the file.
             total = self.checkpoint.total = done
             self.on_checkpoint(self.checkpoint)
+        elif end is None and total is not None and done != total:
+            # Ended early under a validator whose length we know: a truncated file, never
+            # stored (the checkpoint stays, so the next try expects that length again).
+            raise self._length_contradiction(response, f"a body of {done} bytes", total)
         if total is None or done < total:
             return None  # a bounded range: the caller asks for the rest
         self.on_progress(done, done)
