@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import peewee
@@ -46,6 +46,7 @@ NEARLY_FULL_BYTES = 1024 * 1024
 # When the database was created, or first cleaned up when an older release created it
 # (see maintenance.py: the files of a replaced database are not orphans at once).
 DATABASE_SEEN_KEY = "database_first_seen_at"
+_Entry = TypeVar("_Entry", DownloadEntry, OfflinedEntry)
 
 _database = peewee.DatabaseProxy()
 
@@ -775,39 +776,43 @@ class Store:
 
     def _offlined(self, rows: Iterable[_OfflinedRow]) -> list[OfflinedEntry]:
         rehome = self._layout.rehome
-        entries = []
-        for row in rows:
-            try:
-                entry = _offlined_from_row(row)
-            except BadRow as exc:
-                self.skip_bad_row(row.product_key, exc)
-                continue
-            # A moved home keeps its products: never read as missing, never as orphans.
-            entries.append(
-                replace(
-                    entry,
-                    media_path=rehome(entry.media_path) or entry.media_path,
-                    license_path=rehome(entry.license_path),
-                )
-            )
-        return entries
+        return self._read_rows(
+            rows,
+            _offlined_from_row,
+            lambda e: replace(
+                e,
+                media_path=rehome(e.media_path) or e.media_path,
+                license_path=rehome(e.license_path),
+            ),
+        )
 
     def _downloads(self, rows: Iterable[_DownloadRow]) -> list[DownloadEntry]:
         rehome = self._layout.rehome
+        return self._read_rows(
+            rows,
+            _download_from_row,
+            lambda e: replace(
+                e,
+                partial_media_path=rehome(e.partial_media_path),
+                partial_license_path=rehome(e.partial_license_path),
+            ),
+        )
+
+    def _read_rows(
+        self,
+        rows: Iterable[Any],
+        parse: Callable[[Any], _Entry],
+        rehome: Callable[[_Entry], _Entry],
+    ) -> list[_Entry]:
+        """The entries of ``rows``, skipping (and naming) those that cannot be read, with
+        their paths under the home as it is now: a moved home keeps its products, never read
+        as missing nor taken for orphans."""
         entries = []
         for row in rows:
             try:
-                entry = _download_from_row(row)
+                entries.append(rehome(parse(row)))
             except BadRow as exc:
                 self.skip_bad_row(row.product_key, exc)
-                continue
-            entries.append(
-                replace(
-                    entry,
-                    partial_media_path=rehome(entry.partial_media_path),
-                    partial_license_path=rehome(entry.partial_license_path),
-                )
-            )
         return entries
 
     def get_offlined(self, product_key: str) -> OfflinedEntry | None:
