@@ -124,6 +124,16 @@ def store_files(home: Path) -> set[str]:
     return {str(p) for p in folder.rglob("*") if p.is_file()} if folder.is_dir() else set()
 
 
+def damage(home: Path, statement: str, params: tuple[Any, ...] = ()) -> None:
+    """Change the store's database by hand, as a damaged or hand-edited one would be."""
+    conn = sqlite3.connect(home / "offline.db")
+    try:
+        conn.execute(statement, params)
+        conn.commit()
+    finally:
+        conn.close()
+
+
 def query(home: Path, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
     """Rows of a read-only query on the store's database ([] when it does not exist yet)."""
     path = home / "offline.db"

@@ -28,6 +28,7 @@ from offline_cli.models import DownloadState
 from offline_cli.store import Store
 from tests.netsim import Fault, NetSim, Resource, wait_for
 from tests.procutil import Procs, partial_bytes
+from tests.procutil import damage as _sql
 
 BODY = os.urandom(100_000)
 HOUR = 3600.0
@@ -45,15 +46,6 @@ def sim() -> Iterator[NetSim]:
 def _no_traceback(*outputs: str) -> None:
     for text in outputs:
         assert "Traceback" not in text, text
-
-
-def _sql(home: Path, statement: str, params: tuple[object, ...] = ()) -> None:
-    conn = sqlite3.connect(home / "offline.db")
-    try:
-        conn.execute(statement, params)
-        conn.commit()
-    finally:
-        conn.close()
 
 
 def _offline(make_engine, sim: NetSim, *names: str, home: Path | None = None) -> list[MediaProduct]:

@@ -21,19 +21,11 @@ from werkzeug import Request, Response
 from offline_cli.models import MediaProduct
 from offline_cli.paths import Layout, product_dir_name
 from offline_cli.redaction import redact_url
+from tests.procutil import damage as _sql
 
 SECRET = "s3cr3t-t0ken"
 BODY = bytes(range(256)) * 200
 OTHER_BODY = b"other product " * 1000
-
-
-def _sql(home: Path, statement: str, params: tuple[object, ...] = ()) -> None:
-    conn = sqlite3.connect(home / "offline.db")
-    try:
-        conn.execute(statement, params)
-        conn.commit()
-    finally:
-        conn.close()
 
 
 def _column(home: Path, statement: str, params: tuple[object, ...] = ()) -> list[object]:
