@@ -386,6 +386,7 @@ class ProductRun(OfflineEngineListener):
                 os.path.islink(layout.partial_dir)
                 or not stat.S_ISREG(info.st_mode)
                 or info.st_size != written.size
+                or (written.file_id is not None and written.file_id != (info.st_dev, info.st_ino))
             )
         except OSError:
             swapped = True

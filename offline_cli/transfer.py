@@ -230,6 +230,8 @@ class TransferResult:
     sha256: str
     etag: str | None
     last_modified: str | None
+    # (st_dev, st_ino) of the file that was hashed: the commit moves that file or nothing.
+    file_id: tuple[int, int] | None = None
 
 
 @dataclass
@@ -281,6 +283,7 @@ class Transfer:
         # of one engine, so later requests to such a host send the Last-Modified date.
         self.date_if_range_hosts = date_if_range_hosts if date_if_range_hosts is not None else set()
         self.stats = TransferStats()
+        self._file_id: tuple[int, int] | None = None
         self.host_answered = False
         # When the last try ended because the body came slower than min_speed: the bytes
         # of that last, too slow window. They are not progress that should keep a crawling
@@ -324,6 +327,7 @@ class Transfer:
     def _hash_existing(self, length: int) -> hashlib._Hash:
         hasher = hashlib.sha256()
         with os.fdopen(open_private(self.partial_path, os.O_RDONLY, create=False), "rb") as f:
+            self._remember_file(f.fileno())
             remaining = length
             while remaining > 0:
                 block = f.read(min(HASH_READ_SIZE, remaining))
@@ -333,6 +337,11 @@ class Transfer:
                 remaining -= len(block)
         return hasher
 
+    def _remember_file(self, fd: int) -> None:
+        """The identity of the file whose bytes are hashed (see TransferResult.file_id)."""
+        info = os.fstat(fd)
+        self._file_id = (info.st_dev, info.st_ino)
+
     def _result(self, hasher: hashlib._Hash, size: int) -> TransferResult:
         return TransferResult(
             path=self.partial_path,
@@ -340,6 +349,7 @@ class Transfer:
             sha256=hasher.hexdigest(),
             etag=self.checkpoint.etag,
             last_modified=self.checkpoint.last_modified,
+            file_id=self._file_id,
         )
 
     def _check_space(self, needed: int) -> None:
@@ -762,6 +772,7 @@ class Transfer:
                         break  # all we asked for: do not wait on a server that sends on
                 out.flush()
                 os.fsync(out.fileno())
+                self._remember_file(out.fileno())
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 free = self.disk_free(self.partial_path.parent)

@@ -218,18 +218,23 @@ def _swap_folder_for_link(elsewhere: Path) -> Callable[[Path], None]:
     return swap
 
 
-@pytest.mark.parametrize("how", ["file", "folder"])
+def _swap_for_a_file_of_the_same_size(partial: Path) -> None:
+    partial.unlink()
+    partial.write_bytes(b"S" * len(BODY))
+
+
+@pytest.mark.parametrize("how", ["file", "folder", "same-size file"])
 def test_a_partial_swapped_before_the_commit_is_never_stored(
     make_engine, home: Path, tmp_path: Path, httpserver: HTTPServer, how: str
 ) -> None:
     httpserver.expect_request("/m").respond_with_data(BODY)
     victim = tmp_path / "victim"
     victim.write_bytes(b"V" * len(BODY))
-    swap = (
-        _swap_file_for_link(victim)
-        if how == "file"
-        else _swap_folder_for_link(tmp_path / "elsewhere")
-    )
+    swap = {
+        "file": _swap_file_for_link(victim),
+        "folder": _swap_folder_for_link(tmp_path / "elsewhere"),
+        "same-size file": _swap_for_a_file_of_the_same_size,
+    }[how]
     product = MediaProduct.from_url(httpserver.url_for("/m"))
     engine = make_engine(_SwapAtTheEnd(home, swap))
 
