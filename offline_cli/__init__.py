@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from offline_cli._version import __version__
 from offline_cli.engine import OfflineEngine, Outcome
 from offline_cli.errors import (
     BusyError,

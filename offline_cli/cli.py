@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 import typer.core
 
-from offline_cli import __version__
+from offline_cli._version import __version__
 from offline_cli.config import (
     Settings,
     check_in_range,

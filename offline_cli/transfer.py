@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from offline_cli import __version__
+from offline_cli._version import __version__
 from offline_cli.errors import (
     DiskFull,
     DownloadError,

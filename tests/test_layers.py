@@ -296,3 +296,16 @@ def test_package_init_does_not_import_the_cli() -> None:
         if isinstance(node, ast.ImportFrom) and node.module
     }
     assert "offline_cli.cli" not in names
+
+
+def test_no_module_imports_the_package_root() -> None:
+    """The root imports the engine and the store: a part that imported it (for the version)
+    would drag them in, and close an import cycle."""
+    for path in _sources():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        roots = [
+            node
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "offline_cli"
+        ]
+        assert roots == [], f"{path.name} imports the package root"
