@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -150,6 +151,22 @@ def make_engine(home: Path, clock: FakeClock) -> Iterator[Callable[..., OfflineE
     yield make
     for engine in engines:
         engine.close()
+
+
+@pytest.fixture
+def engine_for(
+    make_engine: Callable[..., OfflineEngine],
+) -> Callable[..., OfflineEngine]:
+    """An engine whose HTTP goes to ``handler`` (an in-process origin, no socket)."""
+
+    def make(
+        handler: Callable[[httpx.Request], httpx.Response],
+        listener: OfflineEngineListener | None = None,
+        **kw: Any,
+    ) -> OfflineEngine:
+        return make_engine(listener, transport=httpx.MockTransport(handler), **kw)
+
+    return make
 
 
 def sha256(data: bytes) -> str:

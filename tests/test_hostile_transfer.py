@@ -187,16 +187,6 @@ def origin() -> Origin:
     return Origin()
 
 
-@pytest.fixture
-def engine_for(
-    make_engine: Callable[..., OfflineEngine],
-) -> Callable[..., OfflineEngine]:
-    def make(origin: Origin, listener: RecordingListener | None = None, **kw: object):
-        return make_engine(listener, transport=httpx.MockTransport(origin), **kw)
-
-    return make
-
-
 # -- 1: a 206 that does not start where asked is refused -----------------------------------
 
 

@@ -145,16 +145,6 @@ def raw_server(clock: FakeClock) -> Iterator[Callable[..., RawServer]]:
         server.close()
 
 
-@pytest.fixture
-def engine_for(
-    make_engine: Callable[..., OfflineEngine],
-) -> Callable[..., OfflineEngine]:
-    def make(origin: Origin, listener: RecordingListener | None = None, **kw: object):
-        return make_engine(listener, transport=httpx.MockTransport(origin), **kw)
-
-    return make
-
-
 def file_product(url: str, name: str = "x") -> MediaProduct:
     return MediaProduct(ProductType.FILE, name, url=url)
 
