@@ -20,21 +20,26 @@ from offline_cli.errors import PermanentError
 BODY = b"review" * 1000
 
 
+def _run(home: Path, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """offline-cli in a child with a time limit (what it must not do is hang)."""
+    kwargs.setdefault("timeout", 30)
+    env = {**os.environ, "OFFLINE_CLI_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "offline_cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        **kwargs,
+    )
+
+
 def test_log_file_that_is_a_fifo_nobody_reads_is_refused_not_waited_on(
     tmp_path: Path, home: Path
 ) -> None:
     fifo = tmp_path / "log.fifo"
     os.mkfifo(fifo)
-    env = {**os.environ, "OFFLINE_CLI_HOME": str(home)}
-    # A child with a time limit: opening the FIFO for writing would block forever.
-    result = subprocess.run(
-        [sys.executable, "-m", "offline_cli", "--log-file", str(fifo), "state"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-    )
+    # Opening the FIFO for writing would block forever: the child's time limit catches it.
+    result = _run(home, "--log-file", str(fifo), "state", stdin=subprocess.DEVNULL)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "a FIFO nobody reads" in result.stderr
     assert "Traceback" not in result.stderr
@@ -122,18 +127,6 @@ def test_a_moved_home_keeps_its_products_and_cleanup_keeps_their_files(
     assert cli("delete", url).exit_code == 0
     assert not any(p.is_file() for p in (moved / "store").rglob("*"))
     assert not first.exists()  # nothing was written where the home used to be
-
-
-def _run(home: Path, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OFFLINE_CLI_HOME": str(home)}
-    return subprocess.run(
-        [sys.executable, "-m", "offline_cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        **kwargs,
-    )
 
 
 def test_log_file_dev_stderr_works_when_stderr_is_a_pipe(home: Path) -> None:
@@ -256,14 +249,6 @@ def test_a_list_of_millions_of_blank_lines_reads_in_bounded_memory(
         # A list of every line took about 27 times the file; reading them one by one, 3 times.
         resource.setrlimit(resource.RLIMIT_AS, (400 << 20, 400 << 20))
 
-    result = subprocess.run(
-        [sys.executable, "-m", "offline_cli", "offline", "-i", str(listing)],
-        env={**os.environ, "OFFLINE_CLI_HOME": str(home)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        preexec_fn=limit_memory,
-        check=False,
-    )
+    result = _run(home, "offline", "-i", str(listing), timeout=60, preexec_fn=limit_memory)
     assert result.returncode == 2, result.stderr
     assert "no product given" in result.stderr and "Traceback" not in result.stderr
