@@ -331,26 +331,31 @@ class OfflineEngine:
         """None when valid by the cheap check (size and mtime), else the reason."""
         if entry.invalid_reason:
             return entry.invalid_reason
+        owned: dict[str, Path] = {}
         for name, raw in (("media", entry.media_path), ("license", entry.license_path)):
+            if raw is None:
+                continue
             # Only the shape here (this check runs for every product `state` lists): the
             # files are looked at, never read; validate proves whose folder it is.
-            owned = self.layout.own_file(
+            path = self.layout.own_file(
                 raw, entry.product_key, partial=False, folder_ok=lambda folder: True
             )
-            if raw is not None and owned is None:
+            if path is None:
                 return f"{name} path is not a file of the store (not read)"
-        if os.path.islink(os.path.dirname(entry.media_path)):
+            owned[name] = path
+        media = owned["media"]
+        if media.parent.is_symlink():
             # A folder planted as a link: its files are not ours, whatever their sizes say.
             return "media folder is a symbolic link (not followed)"
         try:
-            info = os.stat(entry.media_path, follow_symlinks=False)
+            info = os.stat(media, follow_symlinks=False)
         except OSError:
             return "media file missing"
         if info.st_size != entry.size or info.st_mtime_ns != entry.mtime_ns:
             return "media file changed"
-        if entry.license_path is not None:
+        if "license" in owned:
             try:
-                license_info = os.stat(entry.license_path, follow_symlinks=False)
+                license_info = os.stat(owned["license"], follow_symlinks=False)
             except OSError:
                 return "license file missing"
             if license_info.st_size != entry.license_size:
