@@ -142,6 +142,11 @@ def _print_error(message: str) -> None:
     sys.stderr.flush()
 
 
+def _print_warning(message: str) -> None:
+    sys.stderr.write(f"{PROG}: warning: {escape_controls(message)}\n")
+    sys.stderr.flush()
+
+
 def _say(message: str) -> None:
     """A human line on stderr, unless -q."""
     if not _output.quiet:
@@ -215,11 +220,10 @@ class _LogFileHandler(logging.FileHandler):
         reason = sys.exc_info()[1]
         detail = getattr(reason, "strerror", None) or reason or "write failed"
         with suppress(Exception):
-            sys.stderr.write(
-                f"{PROG}: warning: cannot write log file {self.baseFilename}: "
-                f"{detail}; further log events are dropped\n"
+            _print_warning(
+                f"cannot write log file {self.baseFilename}: {detail}; "
+                "further log events are dropped"
             )
-            sys.stderr.flush()
 
 
 def _setup_logging(verbose: bool, log_file: str | None) -> None:
@@ -434,16 +438,13 @@ def _close_engines() -> None:
     while _open_engines:
         engine = _open_engines.pop()
         # One line per product whose database row could not be read (and was skipped).
-        # Both name what a damaged database holds: escaped, never raw to the terminal.
+        # Both name what a damaged database holds: _print_warning escapes it.
         for key, reason in engine.skipped_entries.items():
-            line = (
-                f"{PROG}: warning: {key}: unreadable database entry skipped ({reason}); "
-                f"`{PROG} delete` removes it"
+            _print_warning(
+                f"{key}: unreadable database entry skipped ({reason}); `{PROG} delete` removes it"
             )
-            sys.stderr.write(escape_controls(line) + "\n")
         for key, refused in engine.foreign_paths.items():
-            line = f"{PROG}: warning: {key}: its database entry named {refused}"
-            sys.stderr.write(escape_controls(line) + "\n")
+            _print_warning(f"{key}: its database entry named {refused}")
         engine.close()
 
 
