@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from offline_cli.errors import ConfigError, UsageError
-from offline_cli.models import check_url, parse_count, parse_duration, parse_number, shorten
+from offline_cli.models import (
+    check_url,
+    parse_count,
+    parse_duration,
+    parse_number,
+    parse_rate,
+    shorten,
+)
 from offline_cli.paths import APP_NAME, default_home
 from offline_cli.redaction import redact_url
 
@@ -41,6 +48,9 @@ class Settings:
     db_timeout: float = 30.0
     # a body slower than this many bytes/s for a whole stall_timeout is a stall (0: off)
     min_speed: int = 1024
+    # downloads of one command at once (-j), and their shared byte budget a second (0: none)
+    jobs: int = 4
+    limit_rate: int = 0
     # where products come from
     source: str | None = None
     # maintenance
@@ -98,7 +108,11 @@ SETTING_RANGES: dict[str, tuple[float, float]] = {
     "retention": (0.0, 3650 * _DAY),
     "maintenance_interval": (0.0, 365 * _DAY),  # 0 switches it off
     "min_speed": (0, 10**9),  # bytes a second (1 GB/s); 0 switches the speed floor off
+    "jobs": (1, 64),
+    "limit_rate": (0, 10**12),  # bytes a second; 0 means no limit
 }
+# Settings written as a byte rate (``500k``, ``2M``; K = 1024 as curl counts).
+_RATES = {"limit_rate"}
 FLAG_NAMES = (
     "enhanced_download_management",
     "download_retry",
@@ -136,6 +150,8 @@ def describe_range(name: str) -> str:
     low, high = SETTING_RANGES[name]
     if name in _DURATIONS:
         return f"{format_seconds(low)} to {format_seconds(high)}"
+    if isinstance(low, int) and isinstance(high, int):
+        return f"{low} to {high}"
     return f"{low:.10g} to {high:.10g}"
 
 
@@ -260,7 +276,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             raise TypeError("expected true or false")
         if kind == "int":
             if isinstance(value, str):
-                value = parse_count(value)
+                value = parse_rate(value) if name in _RATES else parse_count(value)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError("expected a whole number")
             _check_range(name, value)

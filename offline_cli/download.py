@@ -1,12 +1,14 @@
-"""One product's download: license and media transfers, cancel watch, verify, commit.
+"""One product's download: resolve it, prepare its entry, run its transfers, verify, commit.
 
-The engine decides *whether* and *when* a product is downloaded (locks, resume, listener
-start/end); a ProductRun does the download itself, through the engine's seams (clock,
-sleep, store, HTTP client), and is the network monitor's observer while it waits.
+The engine decides *whether* and *when* a product is downloaded (locks, queues, what to
+resume); a Downloader does the download itself with what the runtime hands it (clock,
+sleep, store, telemetry, retry policy, rate limiter), and a ProductRun is one run of it,
+stopped by its one cancel signal. Nothing here imports the engine.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 import stat
@@ -17,28 +19,44 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from offline_cli.credentials import lacks_credentials
 from offline_cli.errors import (
     ChecksumMismatch,
-    DownloadCancelled,
     DownloadError,
+    DownloadInterrupted,
     NetworkError,
     OfflineError,
     PermanentError,
 )
 from offline_cli.listener import OfflineEngineListener
-from offline_cli.models import DownloadEntry, DownloadState, MediaProduct, OfflinedEntry
+from offline_cli.models import (
+    DownloadEntry,
+    DownloadState,
+    ErrorKind,
+    MediaProduct,
+    OfflinedEntry,
+)
 from offline_cli.paths import PRIVATE_DIR_MODE, Layout, safe_remove
+from offline_cli.redaction import redact_url
+from offline_cli.retry import RetryHooks, classify, execute
+from offline_cli.runtime import Cancel, RunInterrupted, Runtime
 
 if TYPE_CHECKING:
     import httpx
 
-    from offline_cli.engine import OfflineEngine
     from offline_cli.transfer import Checkpoint, Transfer, TransferResult
 
 # How often progress is written to the database (and a cancel request is noticed).
 PROGRESS_PERSIST_INTERVAL_S = 0.5
 # How often the listener hears progress.
 PROGRESS_NOTIFY_INTERVAL_S = 0.1
+
+RUNNABLE_STATES = (DownloadState.PENDING, DownloadState.IN_PROGRESS, DownloadState.PAUSED)
+RETRYABLE_KINDS = (ErrorKind.NETWORK, ErrorKind.SERVER, ErrorKind.UNKNOWN)
+
+
+def _redacted(url: str | None) -> str | None:
+    return redact_url(url) if url is not None else None
 
 
 class CoordinationState(enum.Enum):
@@ -87,17 +105,241 @@ class CoordinatedDownload:
         self.state = new_state
 
 
+class Downloader:
+    """Downloads, verifies and commits products; the caller holds each product's lock."""
+
+    def __init__(self, runtime: Runtime, client: Callable[[], httpx.Client]) -> None:
+        self.rt = runtime
+        self._client = client
+
+    def download(self, product: MediaProduct, cancel: Cancel) -> None:
+        """Download ``product`` (the listener hears started, then completed or failed)."""
+        rt = self.rt
+        started = rt.monotonic()
+        entry: DownloadEntry | None = None
+        try:
+            product = self._with_full_urls(product)
+            rt.listener.offlining_started(product)
+            client = self._client()
+            from_source = product.url is None
+            product = self._resolve(product, client, cancel)
+            self._refuse_expired_license(product)
+            # Started once its media URL is known: a bad playback-info answer starts nothing.
+            rt.telemetry.record("download_started", product_key=product.key)
+            entry = self._prepare_entry(product, from_source=from_source)
+            rt.telemetry.event("state_changed", product=product.key, to="IN_PROGRESS")
+            run = ProductRun(rt, product, entry, client, cancel)
+            run.run()
+            rt.telemetry.record(
+                "download_succeeded",
+                product_key=product.key,
+                duration_s=rt.monotonic() - started,
+                bytes=run.bytes_fetched,
+                attempts=run.retries,
+            )
+        except OfflineError as exc:
+            self._fail(product, entry, exc)
+            raise
+        except BaseException as exc:
+            # KeyboardInterrupt, Terminated, RunInterrupted, or a bug: keep the bytes, pause.
+            self._pause_after_interrupt(product, entry, exc)
+            raise
+        rt.telemetry.event("state_changed", product=product.key, to="COMPLETED")
+        rt.listener.offlining_completed(product)
+
+    def _with_full_urls(self, product: MediaProduct) -> MediaProduct:
+        """``product`` with the full URLs the vault keeps for redacted ones; a redacted URL
+        the vault has forgotten is never requested (the server would get the placeholder)."""
+        vault = self.rt.vault
+        url, license_url = vault.reveal(product.url), vault.reveal(product.license_url)
+        if lacks_credentials(url) or lacks_credentials(license_url):
+            raise PermanentError(
+                # str() puts the product first: "KEY: its full URL is no longer known ..."
+                "its full URL is no longer known (its credentials were forgotten); "
+                "give the URL again",
+                product=product.key,
+                hint="run `offline` with the URL, credentials included",
+            )
+        return dataclasses.replace(product, url=url, license_url=license_url)
+
+    def _resolve(self, product: MediaProduct, client: httpx.Client, cancel: Cancel) -> MediaProduct:
+        """Fill in URLs from the playback-info source when the product has none."""
+        if product.url is not None:
+            return product
+        rt = self.rt
+        template = rt.settings.source
+        if template is None:
+            raise PermanentError("no URL and no playback-info source", product=product.key)
+        from offline_cli.playback import fetch_playback_info
+
+        info = execute(
+            lambda: fetch_playback_info(client, template, product, rt.settings.stall_timeout),
+            rt.policy,
+            RetryHooks(
+                sleep=lambda seconds: rt.wait(seconds, cancel, product.key),
+                clock=rt.clock,
+                made_progress=lambda: False,
+                on_retry=lambda e, a, d, r: rt.listener.offlining_retrying(product, a, d, r),
+                rand=rt.rand,
+            ),
+        )
+        if info.is_hls:
+            raise PermanentError(
+                f"HLS playlists ({info.manifest_mime_type}) are not supported yet",
+                product=product.key,
+                url=info.url,
+            )
+        return MediaProduct(
+            product.product_type,
+            product.product_id,
+            url=info.url,
+            license_url=product.license_url or info.license_url,
+            sha256=product.sha256 or info.sha256,
+            size=info.size,
+            license_expires_at=info.license_expires_at,
+        )
+
+    def _refuse_expired_license(self, product: MediaProduct) -> None:
+        """A license already expired would be stored only to read OFFLINED_BUT_NOT_VALID at
+        once: fail before any byte is fetched."""
+        expires = product.license_expires_at
+        if expires is not None and expires.timestamp() <= self.rt.clock():
+            raise PermanentError(
+                f"license expired at {expires.isoformat()}; nothing fetched",
+                product=product.key,
+                hint="the source hands out an expired license; try again when it renews it",
+            )
+
+    def _find_resumable(self, product: MediaProduct) -> DownloadEntry | None:
+        """The unfinished download of this product to continue (we hold its lock)."""
+        entry = self.rt.store.latest_download(product.key)
+        if entry is None or entry.media_url != _redacted(product.url):
+            return None
+        if entry.license_url != _redacted(product.license_url):
+            return None
+        if not self.rt.files.partials_are_own(entry):
+            return None  # a damaged row: never write where it points (it is discarded)
+        if entry.state in RUNNABLE_STATES:
+            return entry
+        if entry.state is DownloadState.FAILED and entry.error_kind in RETRYABLE_KINDS:
+            return entry
+        return None
+
+    def _prepare_entry(self, product: MediaProduct, *, from_source: bool) -> DownloadEntry:
+        rt = self.rt
+        downloads = rt.store.downloads
+        entry = self._find_resumable(product) if rt.settings.download_recovery else None
+        if entry is not None:
+            if entry.state in (DownloadState.IN_PROGRESS, DownloadState.PENDING):
+                # Its owner is gone (we hold the lock): a crash. Continue from the disk.
+                rt.telemetry.record("download_recovered", product_key=product.key)
+                rt.telemetry.event(
+                    "download_recovered",
+                    product=product.key,
+                    bytes_on_disk=entry.bytes_done,
+                    dead_pid=entry.owner_pid,
+                )
+            downloads.transition(
+                entry.id,
+                DownloadState.IN_PROGRESS,
+                owner_pid=os.getpid(),
+                cancel_requested=False,
+                last_error=None,
+                error_kind=None,
+            )
+        else:
+            for stale in rt.store.list_downloads(
+                [*RUNNABLE_STATES, DownloadState.FAILED], product_key=product.key
+            ):
+                rt.files.discard_partials(stale)
+                downloads.transition(stale.id, DownloadState.CANCELLED, owner_pid=None)
+            entry = downloads.create(
+                product_key=product.key,
+                product_type=product.product_type,
+                product_id=product.product_id,
+                media_url=rt.vault.seal(product.url),
+                license_url=rt.vault.seal(product.license_url),
+                expected_sha256=product.sha256,
+                partial_media_path=rt.layout.partial_media_path,
+                partial_license_path=rt.layout.partial_license_path,
+                expected_size=product.size,
+                license_expires_at=(
+                    product.license_expires_at.timestamp() if product.license_expires_at else None
+                ),
+                from_source=from_source,
+                state=DownloadState.IN_PROGRESS,
+            )
+        fresh = rt.store.get_download(entry.id)
+        assert fresh is not None
+        return fresh
+
+    def _fail(
+        self, product: MediaProduct, entry: DownloadEntry | None, error: OfflineError
+    ) -> None:
+        rt = self.rt
+        kind = classify(error)
+        if entry is not None:
+            current = rt.store.get_download(entry.id)
+            keep_partials = kind in RETRYABLE_KINDS and rt.settings.download_recovery
+            if not keep_partials:
+                # Nothing left behind: permanent failures and cancellations drop their bytes.
+                rt.files.discard_partials(entry)
+            if current is not None and not current.state.is_terminal:
+                if kind is ErrorKind.CANCELLED:
+                    rt.store.downloads.transition(
+                        entry.id, DownloadState.CANCELLED, owner_pid=None, last_error=str(error)
+                    )
+                else:
+                    rt.store.downloads.mark_failed(entry.id, str(error), kind)
+        attempts = rt.store.get_download(entry.id) if entry is not None else None
+        rt.telemetry.record(
+            "download_failed",
+            product_key=product.key,
+            error_kind=kind.value,
+            attempts=attempts.attempt_count if attempts else None,
+            detail=str(error),
+        )
+        rt.telemetry.event(
+            "download_failed", product=product.key, kind=kind.value, error=str(error)
+        )
+        rt.listener.offlining_failed(product, error)
+
+    def _pause_after_interrupt(
+        self, product: MediaProduct, entry: DownloadEntry | None, exc: BaseException
+    ) -> None:
+        rt = self.rt
+        if entry is not None:
+            with suppress(Exception):
+                current = rt.store.get_download(entry.id)
+                if current is not None and current.state in (
+                    DownloadState.IN_PROGRESS,
+                    DownloadState.PENDING,
+                ):
+                    rt.store.downloads.transition(
+                        entry.id, DownloadState.PAUSED, owner_pid=None, last_error="interrupted"
+                    )
+        rt.telemetry.event("download_paused", product=product.key, reason=type(exc).__name__)
+        rt.listener.offlining_failed(
+            product,
+            DownloadInterrupted(
+                "interrupted; saved as PAUSED", product=product.key, hint="run `resume`"
+            ),
+        )
+
+
 class ProductRun(OfflineEngineListener):
     """One run of one product's download: license and media transfers, verify, commit."""
 
     def __init__(
         self,
-        engine: OfflineEngine,
+        runtime: Runtime,
         product: MediaProduct,
         entry: DownloadEntry,
         client: httpx.Client,
+        cancel: Cancel,
     ) -> None:
-        self.engine = engine
+        self.rt = runtime
+        self.cancel = cancel
         self.product = product
         self.entry = entry
         self.client = client
@@ -109,7 +351,6 @@ class ProductRun(OfflineEngineListener):
         self._last_persist = 0.0
         self._last_notify = 0.0
         self._last_fraction = -1.0
-        self._cancel_seen = False
         self._current: Transfer | None = None
 
     # -- progress and cancellation --------------------------------------------------------------
@@ -129,71 +370,64 @@ class ProductRun(OfflineEngineListener):
     def _progress(self, part: str, done: int, total: int | None) -> None:
         self.sizes[part] = (done, total)
         all_done, all_total = self._totals()
-        now = self.engine._monotonic()
+        now = self.rt.monotonic()
         finished = all_total is not None and all_done >= all_total
         if finished or now - self._last_notify >= PROGRESS_NOTIFY_INTERVAL_S:
             self._last_notify = now
-            self.engine.listener.offlining_bytes(self.product, all_done, all_total)
+            self.rt.listener.offlining_bytes(self.product, all_done, all_total)
             if all_total:
                 fraction = min(1.0, all_done / all_total)
                 if fraction != self._last_fraction:
                     self._last_fraction = fraction
-                    self.engine.listener.offlining_progressed(self.product, fraction)
-        enhanced = self.engine.settings.enhanced_download_management
+                    self.rt.listener.offlining_progressed(self.product, fraction)
+        enhanced = self.rt.settings.enhanced_download_management
         if enhanced and now - self._last_persist >= PROGRESS_PERSIST_INTERVAL_S:
             self._last_persist = now
-            cancelled = self.engine.store.downloads.update_progress(
+            cancelled = self.rt.store.downloads.update_progress(
                 self.entry.id, bytes_done=all_done, bytes_total=all_total
             )
-            self._cancel_seen = self._cancel_seen or cancelled
+            if cancelled:
+                self.cancel.set(Cancel.CANCELLED)
+        self.rt.fault("progress", part=part, done=done)
 
     def _check_stop(self) -> None:
-        if self._cancel_seen:
-            raise DownloadCancelled(
-                "cancelled: deleted by another process", product=self.product.key
-            )
+        self.cancel.raise_if_set(self.product.key)
 
-    def _interruptible_sleep(self, seconds: float) -> None:
-        """Sleep in slices so a delete from another process is noticed within ~1 s."""
-        deadline = self.engine._monotonic() + seconds
-        while True:
-            remaining = deadline - self.engine._monotonic()
-            if remaining <= 0:
-                return
-            self.engine._sleep(min(remaining, PROGRESS_PERSIST_INTERVAL_S))
-            if self.engine.store.downloads.is_cancel_requested(self.entry.id):
-                self._cancel_seen = True
-                self._check_stop()
+    def _wait(self, seconds: float) -> None:
+        """A backoff or a rate-limit wait: ends at once when the run is stopped."""
+        self.rt.wait(seconds, self.cancel, self.product.key)
 
     # -- network observer -----------------------------------------------------------------------
 
     def network_did_disconnect(self, host: str) -> None:
-        self.engine.store.downloads.transition(self.entry.id, DownloadState.PAUSED)
-        self.engine._record("network_pause", product_key=self.product.key, detail=host)
-        self.engine._event("network_paused", product=self.product.key, host=host)
-        self.engine.listener.offlining_paused(self.product, f"waiting for network ({host})")
+        self.rt.store.downloads.transition(self.entry.id, DownloadState.PAUSED)
+        self.rt.telemetry.record("network_pause", product_key=self.product.key, detail=host)
+        self.rt.telemetry.event("network_paused", product=self.product.key, host=host)
+        self.rt.listener.offlining_paused(self.product, f"waiting for network ({host})")
 
     def network_did_connect(self, host: str) -> None:
-        self.engine.store.downloads.transition(self.entry.id, DownloadState.IN_PROGRESS)
-        self.engine._event("network_resumed", product=self.product.key, host=host)
-        self.engine.listener.offlining_unpaused(self.product)
+        self.rt.store.downloads.transition(self.entry.id, DownloadState.IN_PROGRESS)
+        self.rt.telemetry.event("network_resumed", product=self.product.key, host=host)
+        self.rt.listener.offlining_unpaused(self.product)
 
     # -- transfers ------------------------------------------------------------------------------
 
     def _checkpoint_saver(self, part: str) -> Callable[[Checkpoint], None]:
         def save(checkpoint: Checkpoint) -> None:
             self.resume_info[part] = checkpoint.to_dict()
-            self.engine.store.downloads.set_resume_info(self.entry.id, self.resume_info)
+            self.rt.store.downloads.set_resume_info(self.entry.id, self.resume_info)
+            self.rt.fault("checkpoint", part=part, etag=checkpoint.etag)
 
         return save
 
     def _transfer(self, part: str, url: str, partial: Path) -> TransferResult:
-        from offline_cli.retry import RetryHooks, execute
         from offline_cli.transfer import Checkpoint, Transfer
 
-        engine = self.engine
+        rt = self.rt
+        limiter = rt.limiter
 
         def attempt() -> TransferResult:
+            self._check_stop()
             try:
                 return transfer.attempt()
             except DownloadError:
@@ -209,11 +443,12 @@ class ProductRun(OfflineEngineListener):
             on_checkpoint=self._checkpoint_saver(part),
             on_progress=lambda done, total: self._progress(part, done, total),
             check_stop=self._check_stop,
-            disk_free=engine._disk_free,
-            stall_timeout_s=engine.settings.stall_timeout,
-            min_speed=engine.settings.min_speed,
-            monotonic=engine._monotonic,
-            date_if_range_hosts=engine.date_if_range_hosts,
+            throttle=(lambda n: self._wait(limiter.consume(n))) if limiter else None,
+            disk_free=rt.disk_free,
+            stall_timeout_s=rt.settings.stall_timeout,
+            min_speed=rt.settings.min_speed,
+            monotonic=rt.monotonic,
+            date_if_range_hosts=rt.date_if_range_hosts,
         )
         seen = {"bytes": transfer.bytes_on_disk}
 
@@ -227,15 +462,15 @@ class ProductRun(OfflineEngineListener):
 
         def on_retry(error: DownloadError, attempt: int, delay: float, reason: str) -> None:
             self.retries += 1
-            engine.store.downloads.set_attempts(self.entry.id, attempt, str(error))
-            engine._record(
+            rt.store.downloads.set_attempts(self.entry.id, attempt, str(error))
+            rt.telemetry.record(
                 "retry",
                 product_key=self.product.key,
                 error_kind=error.kind,
                 attempts=attempt,
                 detail=reason,
             )
-            engine._event(
+            rt.telemetry.event(
                 "retry_scheduled",
                 product=self.product.key,
                 attempt=attempt,
@@ -243,22 +478,17 @@ class ProductRun(OfflineEngineListener):
                 reason=reason,
                 error=str(error),
             )
-            engine.listener.offlining_retrying(self.product, attempt, delay, reason)
-
-        def check_cancel() -> None:
-            if engine.store.downloads.is_cancel_requested(self.entry.id):
-                self._cancel_seen = True
-            self._check_stop()
+            rt.listener.offlining_retrying(self.product, attempt, delay, reason)
 
         def wait_out_outage(error: DownloadError) -> bool | None:
             if not (
-                engine.settings.network_aware_downloads
+                rt.settings.network_aware_downloads
                 and isinstance(error, NetworkError)
                 and error.host_unreachable
                 and transfer.host_answered
             ):
                 return None
-            monitor = engine._monitor()
+            monitor = rt.network_monitor()
             failed_url = error.url or url  # after a redirect: the host that stopped answering
             if monitor.is_reachable(failed_url):
                 # It accepts connections (a TLS failure, or it is back already): not an
@@ -267,8 +497,10 @@ class ProductRun(OfflineEngineListener):
             monitor.add_observer(self)
             try:
                 # A delete from another process must not wait for the network to come back.
+                # After each probe: a delete from another process must not wait for the
+                # network to come back (nor for the cancel watch's next look).
                 return monitor.wait_until_reachable(
-                    failed_url, engine.settings.network_timeout, check_stop=check_cancel
+                    failed_url, rt.settings.network_timeout, check_stop=self._poll_cancel
                 )
             finally:
                 monitor.remove_observer(self)
@@ -278,14 +510,14 @@ class ProductRun(OfflineEngineListener):
             self._current = transfer
             result = execute(
                 attempt,
-                engine._policy(),
+                rt.policy,
                 RetryHooks(
-                    sleep=self._interruptible_sleep,
-                    clock=engine._clock,
+                    sleep=self._wait,
+                    clock=rt.clock,
                     made_progress=made_progress,
                     on_retry=on_retry,
                     wait_out_outage=wait_out_outage,
-                    rand=engine._rand,
+                    rand=rt.rand,
                 ),
             )
         finally:
@@ -293,15 +525,26 @@ class ProductRun(OfflineEngineListener):
             self.bytes_fetched += transfer.stats.bytes_fetched
         return result
 
+    def _poll_cancel(self) -> None:
+        """Ask the database whether another process deleted the product; stop if so."""
+        if not self.cancel.is_set() and self.rt.store.downloads.is_cancel_requested(self.entry.id):
+            self.cancel.set(Cancel.CANCELLED)
+        self._check_stop()
+
+    def _abort_current(self) -> None:
+        current = self._current
+        if current is not None:
+            current.abort()
+
     def _watch_for_cancel(self, stop: threading.Event) -> None:
         """Thread: notice a delete from another process even when no byte arrives (a stall,
-        a slow server, progress persistence switched off) and cut the transfer short."""
-        downloads = self.engine.store.downloads
+        a slow server, progress persistence switched off), and keep cutting the transfer
+        short while the run is stopped (a request may start just after the first cut)."""
         try:
             while not stop.wait(PROGRESS_PERSIST_INTERVAL_S):
-                if not self._cancel_seen and downloads.is_cancel_requested(self.entry.id):
-                    self._cancel_seen = True
-                if self._cancel_seen:
+                with suppress(DownloadError, RunInterrupted):
+                    self._poll_cancel()
+                if self.cancel.is_set():
                     # Every tick, not once: the transfer running now may be a later one (the
                     # media after the license) or a new request after the last was cut.
                     current = self._current
@@ -310,23 +553,27 @@ class ProductRun(OfflineEngineListener):
         except OfflineError:  # pragma: no cover - the store failing: the main thread will see
             return
         finally:
-            self.engine.store.close()  # this thread's own connection
+            self.rt.store.close()  # this thread's own connection
 
     def run(self) -> None:
         stop = threading.Event()
-        watch = threading.Thread(target=self._watch_for_cancel, args=(stop,), daemon=True)
+        watch = threading.Thread(
+            target=self._watch_for_cancel, args=(stop,), name="cancel-watch", daemon=True
+        )
         watch.start()
+        undo = self.cancel.on_set(self._abort_current)
         try:
             self._run()
         except BaseException:
             self.coordination.fail()
             raise
         finally:
+            undo()
             stop.set()
             watch.join()
 
     def _run(self) -> None:
-        layout = self.engine.layout
+        layout = self.rt.layout
         self._restore_from_interrupted_commit()
         license_result = None
         if self.coordination.state is CoordinationState.WAITING_FOR_LICENSE:
@@ -361,7 +608,7 @@ class ProductRun(OfflineEngineListener):
     def _restore_from_interrupted_commit(self) -> None:
         """A crash between the renames and the database commit left final files behind:
         move them back to the partial paths so the commit is simply done again."""
-        layout = self.engine.layout
+        layout = self.rt.layout
         pairs = [
             (
                 self.entry.partial_media_path,
@@ -411,8 +658,10 @@ class ProductRun(OfflineEngineListener):
         final_media.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
         if license_result is not None and final_license is not None:
             os.replace(license_result.path, final_license)
+            self.rt.fault("license_moved")
         os.replace(media.path, final_media)
         _fsync_dir(final_media.parent)
+        self.rt.fault("files_moved")
         expires = self.product.license_expires_at
         offlined = OfflinedEntry(
             product_key=key,
@@ -427,20 +676,20 @@ class ProductRun(OfflineEngineListener):
             etag=media.etag,
             last_modified=media.last_modified,
             license_expires_at=expires.timestamp() if isinstance(expires, datetime) else None,
-            source_url=self.engine.vault.seal(self.product.url) or "",
-            license_url=self.engine.vault.seal(self.product.license_url),
+            source_url=self.rt.vault.seal(self.product.url) or "",
+            license_url=self.rt.vault.seal(self.product.license_url),
             mtime_ns=os.stat(final_media, follow_symlinks=False).st_mtime_ns,
-            completed_at=self.engine._clock(),
+            completed_at=self.rt.clock(),
         )
-        old = self.engine.store.commit_product(self.entry.id, offlined)
+        old = self.rt.store.commit_product(self.entry.id, offlined)
         if old is not None:
             for column, raw in (("media_path", old.media_path), ("license_path", old.license_path)):
                 if not raw or raw in (offlined.media_path, offlined.license_path):
                     continue
                 # The old row may be damaged: only a file of this product's folder goes.
-                path = self.engine.own_final_file(raw, key)
+                path = self.rt.files.own_final_file(raw, key)
                 if path is None:
-                    self.engine.report_foreign_path(key, column, raw)
+                    self.rt.files.report_foreign_path(key, column, raw)
                 elif path not in (final_media, final_license):  # the same file, named oddly
                     safe_remove(layout, path)
 

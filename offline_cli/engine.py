@@ -1,6 +1,9 @@
-"""OfflineEngine: orchestrates products, locks, retries, commits and listener events.
+"""OfflineEngine: the facade that wires the store, the runtime and the downloads together.
 
-httpx is imported only when something is downloaded, so read commands stay light.
+It decides *which* products are downloaded and *when* (locks, a bounded pool of workers,
+what to resume); the parts it wires do the work: download.py (one product's download),
+maintenance.py (cleanup, validation, health), store.py (the database). httpx is imported
+only when something is downloaded, so read commands stay light.
 """
 
 from __future__ import annotations
@@ -12,19 +15,22 @@ import math
 import os
 import random
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from filelock import FileLock, Timeout
+from filelock import Timeout
 
 from offline_cli.config import Settings, load_settings
-from offline_cli.credentials import CredentialVault, lacks_credentials
-from offline_cli.download import ProductRun
+from offline_cli.credentials import CredentialVault
+from offline_cli.download import RETRYABLE_KINDS, RUNNABLE_STATES, Downloader
 from offline_cli.errors import (
     BusyError,
     ChecksumMismatch,
@@ -38,6 +44,7 @@ from offline_cli.errors import (
     UsageError,
 )
 from offline_cli.listener import OfflineEngineListener
+from offline_cli.locks import LOCK_POLL_S, LOCK_PROBE_GRACE_S, ProductLocks
 from offline_cli.models import (
     LICENSE_EXPIRED,
     DownloadEntry,
@@ -48,37 +55,27 @@ from offline_cli.models import (
     OfflineState,
     ProductType,
 )
-from offline_cli.paths import (
-    PRIVATE_DIR_MODE,
-    PRIVATE_FILE_MODE,
-    Layout,
-    default_home,
-    product_dir_name,
-    safe_remove,
-    safe_remove_tree,
-    touch_private,
-)
-from offline_cli.redaction import redact_url, scrub_urls
+from offline_cli.ownership import StoreFiles
+from offline_cli.paths import Layout, default_home, safe_remove, safe_remove_tree
+from offline_cli.ratelimit import RateLimiter
+from offline_cli.retry import RetryPolicy
+from offline_cli.runtime import Cancel, FaultHook, RunInterrupted, Runtime, no_faults
 from offline_cli.store import ProductRows, Store
+from offline_cli.telemetry import Telemetry
 
 if TYPE_CHECKING:
     import httpx
 
     from offline_cli.maintenance import CleanupReport, DownloadHealthReport, ValidationResult
     from offline_cli.network import NetworkMonitor
-    from offline_cli.retry import RetryPolicy
 
 log = logging.getLogger("offline_cli")
 
 # How long delete waits for a running download in another process to stop.
 CANCEL_WAIT_S = 10.0
-LOCK_POLL_S = 0.05
-# Longer than any lock probe (is_running_elsewhere holds a lock for microseconds).
-LOCK_PROBE_GRACE_S = 0.2
 LAST_MAINTENANCE_KEY = "last_maintenance_at"
-
-_RUNNABLE_STATES = (DownloadState.PENDING, DownloadState.IN_PROGRESS, DownloadState.PAUSED)
-_RETRYABLE_KINDS = (ErrorKind.NETWORK, ErrorKind.SERVER, ErrorKind.UNKNOWN)
+# How often a thread that waits (for another process's lock, for workers) looks up.
+PROGRESS_WAIT_S = 0.25
 
 
 class Outcome(enum.Enum):
@@ -99,10 +96,15 @@ class ProductStatus:
 
 
 @dataclass(frozen=True)
-class ResumeResult:
+class ProductResult:
+    """What became of one product of ``offline_products`` or ``resume``."""
+
     product: MediaProduct
     outcome: Outcome | None
     error: OfflineError | None
+
+
+ResumeResult = ProductResult  # the name of earlier releases
 
 
 class OfflineEngine:
@@ -115,13 +117,21 @@ class OfflineEngine:
         *,
         settings: Settings | None = None,
         transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
         disk_free: Callable[[Path], int] | None = None,
         network_monitor: NetworkMonitor | None = None,
+        fault_hook: FaultHook | None = None,
     ) -> None:
+        """``sleep`` None waits on each download's cancel event (so a cancel or Ctrl-C ends
+        a backoff at once); tests inject a fake sleep and clock. ``fault_hook`` is a test
+        seam: called at named points of a download (see runtime.FaultHook).
+
+        Listener callbacks come from the thread that runs each download: with more than
+        one job (``settings.jobs``), from worker threads, several at once.
+        """
         self.layout = Layout(Path(home).expanduser() if home is not None else default_home())
         self.settings = settings if settings is not None else load_settings(self.layout.home)
         self.listener = listener or OfflineEngineListener()
@@ -132,15 +142,29 @@ class OfflineEngine:
         self._rand = rand
         self._disk_free = disk_free or (lambda p: shutil.disk_usage(p).free)
         self._network_monitor = network_monitor
+        self._fault = fault_hook or no_faults
         self._store: Store | None = None
+        self._runtime: Runtime | None = None
         self._maintenance_checked = False
         self._http: httpx.Client | None = None
+        self._setup_lock = threading.RLock()  # the client, runtime and maintenance, once
         # hosts that honour If-Range only with a date (transfer.py): shared by all products
         self.date_if_range_hosts: set[str] = set()
         # Paths a damaged row named that are not files of the store (offline.db, another
         # product's media): left in place and reported, key -> what was refused.
         self.foreign_paths: dict[str, str] = {}
         self._vault: CredentialVault | None = None
+        self.locks = ProductLocks(self.layout, self._read_only_reason)
+        self._limiter = (
+            RateLimiter(self.settings.limit_rate, monotonic=monotonic)
+            if self.settings.limit_rate
+            else None
+        )
+        # The downloads running now (their cancel signals), and whether Ctrl-C or SIGTERM
+        # stopped this engine: no download starts after that.
+        self._running: set[Cancel] = set()
+        self._running_lock = threading.Lock()
+        self._stopping = threading.Event()
 
     # -- infrastructure -------------------------------------------------------------------
 
@@ -175,6 +199,52 @@ class OfflineEngine:
             except StorageError:
                 raise exc from None
 
+    def _read_only_reason(self) -> str | None:
+        return self._store.read_only_reason if self._store is not None else None
+
+    @property
+    def runtime(self) -> Runtime:
+        """What the parts of a download use, wired once (again after the store reopens)."""
+        with self._setup_lock:
+            store = self.store
+            if self._runtime is None or self._runtime.store is not store:
+                self._runtime = Runtime(
+                    settings=self._effective_settings(),
+                    layout=self.layout,
+                    store=store,
+                    vault=self.vault,
+                    files=StoreFiles(self.layout, store, self.foreign_paths),
+                    locks=self.locks,
+                    telemetry=Telemetry(store, metrics=self.settings.enhanced_download_management),
+                    listener=self.listener,
+                    policy=RetryPolicy(
+                        retries=self.settings.retries if self.settings.download_retry else 0,
+                        backoff_base=self.settings.backoff_base,
+                        backoff_max=self.settings.backoff_max,
+                        retry_after_max=self.settings.retry_after_max,
+                    ),
+                    network_monitor=self._monitor,
+                    clock=self._clock,
+                    monotonic=self._monotonic,
+                    sleep=self._sleep,
+                    rand=self._rand,
+                    disk_free=self._disk_free,
+                    limiter=self._limiter,
+                    date_if_range_hosts=self.date_if_range_hosts,
+                    fault=self._fault,
+                )
+            return self._runtime
+
+    def _effective_settings(self) -> Settings:
+        """The settings the downloads use: under a rate limit shared by N jobs a download
+        may get limit/N, so the speed floor must not call that share a stall."""
+        settings = self.settings
+        if settings.limit_rate and settings.min_speed:
+            share = settings.limit_rate // (2 * settings.jobs)
+            if share < settings.min_speed:
+                return dataclasses.replace(settings, min_speed=max(1, share))
+        return settings
+
     @property
     def skipped_entries(self) -> dict[str, str]:
         """Products whose database rows could not be read (and were skipped): key -> why."""
@@ -194,54 +264,17 @@ class OfflineEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _lock(self, product_key: str) -> FileLock:
-        self.layout.locks_dir.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
-        path = self.layout.lock_path(product_key)
-        # Created here (0600, never through a planted link) so filelock only opens our file.
-        touch_private(path)
-        # flock-based: the kernel drops it when the process dies, even on kill -9.
-        return FileLock(path, mode=PRIVATE_FILE_MODE, is_singleton=False)
-
-    def _lock_failed(self, product_key: str, exc: OSError) -> StorageError:
-        """A lock file that cannot be opened: the home is read-only (or worse)."""
-        store = self._store
-        reason = (
-            store.read_only_reason
-            if store is not None and store.read_only_reason
-            else f"cannot open lock file {self.layout.lock_path(product_key)}: "
-            f"{exc.strerror or exc}"
-        )
-        return StoreUnwritable(
-            f"cannot change the store: {reason}",
-            product=product_key,
-            hint="make the home writable (or free some space); read commands still work",
-        )
-
     def is_running_elsewhere(self, product_key: str) -> bool:
-        """True when a live process holds the product's download lock.
-
-        Also True when the lock cannot be probed (a read-only home): callers that remove
-        things must then leave the product alone.
-        """
-        return self._owner_alive(product_key) is not False
-
-    def _owner_alive(self, product_key: str) -> bool | None:
-        """Whether a live process holds the product's lock; None when it cannot be told."""
-        try:
-            lock = self._lock(product_key)
-            lock.acquire(timeout=0)
-        except Timeout:
-            return True
-        except OSError:
-            return None
-        lock.release()
-        return False
+        """True when a live process (or another thread) holds the product's download lock."""
+        return self.locks.is_running_elsewhere(product_key)
 
     def _client(self) -> httpx.Client:
-        """One HTTP client per engine: connections and the TLS setup are shared by products."""
-        if self._http is None:
-            self._http = self._new_client()
-        return self._http
+        """One HTTP client per engine: connections and the TLS setup are shared by products
+        (and by the threads of ``-j``: httpx's pool is thread-safe)."""
+        with self._setup_lock:
+            if self._http is None:
+                self._http = self._new_client()
+            return self._http
 
     def _new_client(self) -> httpx.Client:
         from offline_cli.transfer import make_client
@@ -250,34 +283,31 @@ class OfflineEngine:
             stall_timeout_s=self.settings.stall_timeout,
             connect_timeout_s=self.settings.connect_timeout,
             transport=self._transport,
+            connections=self.settings.jobs,
         )
 
     def _monitor(self) -> NetworkMonitor:
-        if self._network_monitor is None:
-            from offline_cli.network import NetworkMonitor
+        """The injected monitor, else a new one for each wait: the observers of one are the
+        one download waiting on it, not every download that waits at the same time."""
+        if self._network_monitor is not None:
+            return self._network_monitor
+        from offline_cli.network import NetworkMonitor
 
-            self._network_monitor = NetworkMonitor(sleep=self._sleep, clock=self._monotonic)
-        return self._network_monitor
-
-    def _event(self, event: str, **fields: Any) -> None:
-        safe = {k: scrub_urls(v) if isinstance(v, str) else v for k, v in fields.items()}
-        log.info(event, extra={"event": event, "fields": safe})
-
-    def _record(self, event: str, **fields: Any) -> None:
-        """Record a metric event; metrics never break a download."""
-        if not self.settings.enhanced_download_management:
-            return  # the simpler path: no metrics collector
-        try:
-            self.store.record_event(event, **fields)
-        except StorageError as exc:  # pragma: no cover - only when the disk is failing
-            log.warning("metric not recorded: %s", exc)
+        return NetworkMonitor(sleep=self._sleep or time.sleep, clock=self._monotonic)
 
     @property
     def vault(self) -> CredentialVault:
         """Full URLs with credentials live here (0600), never in the database or logs."""
-        if self._vault is None:
-            self._vault = CredentialVault(self.layout.credentials_file)
-        return self._vault
+        with self._setup_lock:
+            if self._vault is None:
+                self._vault = CredentialVault(self.layout.credentials_file)
+            return self._vault
+
+    def _event(self, event: str, **fields: Any) -> None:
+        self.runtime.telemetry.event(event, **fields)
+
+    def _record(self, event: str, **fields: Any) -> None:
+        self.runtime.telemetry.record(event, **fields)
 
     # -- state ----------------------------------------------------------------------------
 
@@ -321,7 +351,7 @@ class OfflineEngine:
         what the next maintenance pass or `resume` makes of it."""
         if entry is None or entry.state not in (DownloadState.PENDING, DownloadState.IN_PROGRESS):
             return entry
-        if self._owner_alive(entry.product_key) is not False:
+        if self.locks.owner_alive(entry.product_key) is not False:
             return entry
         return dataclasses.replace(
             entry, state=DownloadState.PAUSED, last_error=entry.last_error or "owner process died"
@@ -399,14 +429,15 @@ class OfflineEngine:
         return self.offline_product(product) is Outcome.DOWNLOADED
 
     def offline_product(self, product: MediaProduct, *, wait: bool = True) -> Outcome:
+        """Download one product in this thread (see ``offline_products`` for many)."""
         self.check_resolvable([product])  # bad input changes nothing: check before any work
         self.maybe_run_maintenance()
-        waited = False
         try:
-            lock = self._lock(product.key)
+            lock = self.locks.lock(product.key)
             # A short grace: cleanup and maintenance probe locks for an instant, and that
             # must not read as another download.
             lock.acquire(timeout=LOCK_PROBE_GRACE_S, poll_interval=LOCK_POLL_S / 5)
+            waited = False
         except Timeout:
             if not wait:
                 raise self._busy(
@@ -415,10 +446,15 @@ class OfflineEngine:
             entry = self.store.latest_download(product.key)
             self.listener.offlining_waiting_for_other(product, entry.owner_pid if entry else None)
             self._event("waiting_for_other_process", product=product.key)
-            lock.acquire(timeout=-1, poll_interval=LOCK_POLL_S)
+            while True:
+                if self._stopping.is_set():
+                    raise RunInterrupted() from None
+                with suppress(Timeout):
+                    lock.acquire(timeout=PROGRESS_WAIT_S, poll_interval=LOCK_POLL_S)
+                    break
             waited = True
         except OSError as exc:  # after Timeout, which is an OSError too
-            raise self._lock_failed(product.key, exc) from exc
+            raise self.locks.failed(product.key, exc) from exc
         try:
             if waited:
                 outcome = self._outcome_of_other(product)
@@ -431,6 +467,96 @@ class OfflineEngine:
             return Outcome.DOWNLOADED
         finally:
             lock.release()
+
+    def _download(self, product: MediaProduct) -> None:
+        """Download one product (we hold its lock), stoppable through its cancel signal."""
+        cancel = Cancel()
+        with self._running_lock:
+            if self._stopping.is_set():
+                raise RunInterrupted()
+            self._running.add(cancel)
+        try:
+            Downloader(self.runtime, self._client).download(product, cancel)
+        finally:
+            with self._running_lock:
+                self._running.discard(cancel)
+
+    def interrupt(self) -> None:
+        """Stop every download of this engine, keeping its bytes (PAUSED), and start no
+        more: what Ctrl-C and SIGTERM do. Safe to call from any thread."""
+        with self._running_lock:
+            self._stopping.set()
+            running = list(self._running)
+        for cancel in running:
+            cancel.set(Cancel.INTERRUPTED)
+
+    def offline_products(
+        self,
+        products: Sequence[MediaProduct],
+        *,
+        wait: bool = True,
+        on_result: Callable[[ProductResult], None] | None = None,
+    ) -> list[ProductResult]:
+        """Download ``products``, up to ``settings.jobs`` at once; one's failure never stops
+        the others. ``on_result`` hears each outcome as it comes (in the calling thread).
+
+        Ctrl-C or SIGTERM in the calling thread stops every running download (saved as
+        PAUSED), starts no other, and is raised again once they all have stopped.
+        """
+        self.check_resolvable(products)
+        self.maybe_run_maintenance()
+        results: dict[int, ProductResult] = {}
+
+        def done(index: int, result: ProductResult) -> None:
+            results[index] = result
+            if on_result is not None:
+                on_result(result)
+
+        jobs = min(self.settings.jobs, len(products))
+        if jobs <= 1:
+            for index, product in enumerate(products):
+                done(index, self._offline_one(product, wait))
+            return [results[i] for i in sorted(results)]
+        pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="offline-cli-download")
+        futures: dict[Future[ProductResult], int] = {}
+        try:
+            futures = {
+                pool.submit(self._offline_in_worker, product, wait): index
+                for index, product in enumerate(products)
+            }
+            pending = set(futures)
+            while pending:
+                # A timeout, so Ctrl-C reaches this thread even while nothing finishes.
+                finished, pending = wait_for(
+                    pending, timeout=PROGRESS_WAIT_S, return_when=FIRST_COMPLETED
+                )
+                for future in finished:
+                    done(futures[future], future.result())
+        except BaseException:
+            self.interrupt()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        return [results[i] for i in sorted(results)]
+
+    def _offline_in_worker(self, product: MediaProduct, wait: bool) -> ProductResult:
+        try:
+            return self._offline_one(product, wait)
+        finally:
+            self.store.close()  # this worker thread's own database connection
+
+    def _offline_one(self, product: MediaProduct, wait: bool) -> ProductResult:
+        try:
+            if self._stopping.is_set():
+                raise RunInterrupted()
+            return ProductResult(product, self.offline_product(product, wait=wait), None)
+        except RunInterrupted:
+            interrupted = DownloadInterrupted(
+                "interrupted; saved as PAUSED", product=product.key, hint="run `resume`"
+            )
+            return ProductResult(product, None, interrupted)
+        except OfflineError as exc:
+            return ProductResult(product, None, exc)
 
     def _busy(self, product_key: str, hint: str) -> BusyError:
         """--no-wait met a download another live process runs: one message for both commands."""
@@ -491,282 +617,12 @@ class OfflineEngine:
         self.listener.offlining_failed(product, error)
         raise error
 
-    def _with_full_urls(self, product: MediaProduct) -> MediaProduct:
-        """``product`` with the full URLs the vault keeps for redacted ones; a redacted URL
-        the vault has forgotten is never requested (the server would get the placeholder)."""
-        url, license_url = self.vault.reveal(product.url), self.vault.reveal(product.license_url)
-        if lacks_credentials(url) or lacks_credentials(license_url):
-            raise PermanentError(
-                # str() puts the product first: "KEY: its full URL is no longer known ..."
-                "its full URL is no longer known (its credentials were forgotten); "
-                "give the URL again",
-                product=product.key,
-                hint="run `offline` with the URL, credentials included",
-            )
-        return dataclasses.replace(product, url=url, license_url=license_url)
-
-    def _resolve(self, product: MediaProduct, client: httpx.Client) -> MediaProduct:
-        """Fill in URLs from the playback-info source when the product has none."""
-        if product.url is not None:
-            return product
-        self.check_resolvable([product])
-        template = self.settings.source
-        assert template is not None
-        from offline_cli.playback import fetch_playback_info
-        from offline_cli.retry import RetryHooks, execute
-
-        info = execute(
-            lambda: fetch_playback_info(client, template, product, self.settings.stall_timeout),
-            self._policy(),
-            RetryHooks(
-                sleep=self._sleep,
-                clock=self._clock,
-                made_progress=lambda: False,
-                on_retry=lambda e, a, d, r: self.listener.offlining_retrying(product, a, d, r),
-                rand=self._rand,
-            ),
-        )
-        if info.is_hls:
-            raise PermanentError(
-                f"HLS playlists ({info.manifest_mime_type}) are not supported yet",
-                product=product.key,
-                url=info.url,
-            )
-        return MediaProduct(
-            product.product_type,
-            product.product_id,
-            url=info.url,
-            license_url=product.license_url or info.license_url,
-            sha256=product.sha256 or info.sha256,
-            size=info.size,
-            license_expires_at=info.license_expires_at,
-        )
-
-    def _refuse_expired_license(self, product: MediaProduct) -> None:
-        """A license already expired would be stored only to read OFFLINED_BUT_NOT_VALID at
-        once: fail before any byte is fetched."""
-        expires = product.license_expires_at
-        if expires is not None and expires.timestamp() <= self._clock():
-            raise PermanentError(
-                f"license expired at {expires.isoformat()}; nothing fetched",
-                product=product.key,
-                hint="the source hands out an expired license; try again when it renews it",
-            )
-
-    def _policy(self) -> RetryPolicy:
-        from offline_cli.retry import RetryPolicy
-
-        return RetryPolicy(
-            retries=self.settings.retries if self.settings.download_retry else 0,
-            backoff_base=self.settings.backoff_base,
-            backoff_max=self.settings.backoff_max,
-            retry_after_max=self.settings.retry_after_max,
-        )
-
-    def _find_resumable(self, product: MediaProduct) -> DownloadEntry | None:
-        """The unfinished download of this product to continue (we hold its lock)."""
-        entry = self.store.latest_download(product.key)
-        if entry is None or entry.media_url != _redacted(product.url):
-            return None
-        if entry.license_url != _redacted(product.license_url):
-            return None
-        if not self._partials_are_own(entry):
-            return None  # a damaged row: never write where it points (it is discarded)
-        if entry.state in _RUNNABLE_STATES:
-            return entry
-        if entry.state is DownloadState.FAILED and entry.error_kind in _RETRYABLE_KINDS:
-            return entry
-        return None
-
-    def _download(self, product: MediaProduct) -> None:
-        """Download, verify and commit one product; we hold its lock."""
-        started = self._monotonic()
-        entry: DownloadEntry | None = None
-        try:
-            product = self._with_full_urls(product)
-            self.listener.offlining_started(product)
-            client = self._client()
-            from_source = product.url is None
-            product = self._resolve(product, client)
-            self._refuse_expired_license(product)
-            # Started once its media URL is known: a bad playback-info answer starts nothing.
-            self._record("download_started", product_key=product.key)
-            entry = self._prepare_entry(product, from_source=from_source)
-            self._event("state_changed", product=product.key, to="IN_PROGRESS")
-            run = ProductRun(self, product, entry, client)
-            run.run()
-            self._record(
-                "download_succeeded",
-                product_key=product.key,
-                duration_s=self._monotonic() - started,
-                bytes=run.bytes_fetched,
-                attempts=run.retries,
-            )
-        except OfflineError as exc:
-            self._fail(product, entry, exc)
-            raise
-        except BaseException as exc:
-            # KeyboardInterrupt, Terminated, or a bug: keep the bytes, pause the entry.
-            self._pause_after_interrupt(product, entry, exc)
-            raise
-        self._event("state_changed", product=product.key, to="COMPLETED")
-        self.listener.offlining_completed(product)
-
-    def _prepare_entry(self, product: MediaProduct, *, from_source: bool) -> DownloadEntry:
-        downloads = self.store.downloads
-        entry = self._find_resumable(product) if self.settings.download_recovery else None
-        if entry is not None:
-            if entry.state in (DownloadState.IN_PROGRESS, DownloadState.PENDING):
-                # Its owner is gone (we hold the lock): a crash. Continue from the disk.
-                self._record("download_recovered", product_key=product.key)
-                self._event(
-                    "download_recovered",
-                    product=product.key,
-                    bytes_on_disk=entry.bytes_done,
-                    dead_pid=entry.owner_pid,
-                )
-            downloads.transition(
-                entry.id,
-                DownloadState.IN_PROGRESS,
-                owner_pid=os.getpid(),
-                cancel_requested=False,
-                last_error=None,
-                error_kind=None,
-            )
-        else:
-            for stale in self.store.list_downloads(
-                [*_RUNNABLE_STATES, DownloadState.FAILED], product_key=product.key
-            ):
-                self._discard_partials(stale)
-                downloads.transition(stale.id, DownloadState.CANCELLED, owner_pid=None)
-            entry = downloads.create(
-                product_key=product.key,
-                product_type=product.product_type,
-                product_id=product.product_id,
-                media_url=self.vault.seal(product.url),
-                license_url=self.vault.seal(product.license_url),
-                expected_sha256=product.sha256,
-                partial_media_path=self.layout.partial_media_path,
-                partial_license_path=self.layout.partial_license_path,
-                expected_size=product.size,
-                license_expires_at=(
-                    product.license_expires_at.timestamp() if product.license_expires_at else None
-                ),
-                from_source=from_source,
-            )
-            downloads.transition(entry.id, DownloadState.IN_PROGRESS, owner_pid=os.getpid())
-        fresh = self.store.get_download(entry.id)
-        assert fresh is not None
-        return fresh
-
-    def _partials_are_own(self, entry: DownloadEntry) -> bool:
-        return all(
-            self.layout.own_file(raw, entry.product_key, partial=True, download_id=entry.id)
-            for raw in (entry.partial_media_path, entry.partial_license_path)
-            if raw
-        )
-
     def own_final_file(self, raw: str | None, product_key: str) -> Path | None:
-        """The committed file ``raw`` names when it is one of ``product_key``'s files in the
-        store (Layout.own_file), else None. A folder other than the one its name gives is
-        its own too when no other product names it: a product renamed by schema 3 keeps
-        the folder of its old name."""
-        return self.layout.own_file(
-            raw,
-            product_key,
-            partial=False,
-            folder_ok=lambda folder: self._folder_unclaimed(folder, product_key),
-        )
-
-    def _folder_unclaimed(self, folder: str, product_key: str) -> bool:
-        for key in self.store.known_product_keys():
-            if key != product_key and product_dir_name(key) == folder:
-                return False
-        for key, paths in self.store.offlined_paths().items():
-            if key != product_key and any(Path(p).parent.name == folder for p in paths):
-                return False
-        return True
+        """The committed file ``raw`` names when it is one of ``product_key``'s (StoreFiles)."""
+        return self.runtime.files.own_final_file(raw, product_key)
 
     def report_foreign_path(self, product_key: str, column: str, raw: str) -> None:
-        """Name a row whose ``column`` points at a file the store does not own (offline.db,
-        credentials.json, another product's media): that file is left in place."""
-        self.foreign_paths.setdefault(
-            product_key, f"{column} {raw!r} is not a file of the store; left in place"
-        )
-
-    def _discard_partials(self, entry: DownloadEntry) -> int:
-        freed = 0
-        for column, raw in (
-            ("partial_media_path", entry.partial_media_path),
-            ("partial_license_path", entry.partial_license_path),
-        ):
-            if not raw:
-                continue
-            path = self.layout.own_file(raw, entry.product_key, partial=True, download_id=entry.id)
-            if path is None:
-                self.report_foreign_path(entry.product_key, column, raw)
-            else:
-                freed += safe_remove(self.layout, path)
-        offlined = self.store.get_offlined(entry.product_key)
-        committed = (offlined.media_path, offlined.license_path) if offlined else ()
-        for final in (
-            self.layout.final_media_path(entry.product_key, entry.id),
-            self.layout.final_license_path(entry.product_key, entry.id),
-        ):
-            if str(final) not in committed:
-                freed += safe_remove(self.layout, final)
-        return freed
-
-    def _fail(
-        self, product: MediaProduct, entry: DownloadEntry | None, error: OfflineError
-    ) -> None:
-        from offline_cli.retry import classify
-
-        kind = classify(error)
-        if entry is not None:
-            current = self.store.get_download(entry.id)
-            keep_partials = kind in _RETRYABLE_KINDS and self.settings.download_recovery
-            if not keep_partials:
-                # Nothing left behind: permanent failures and cancellations drop their bytes.
-                self._discard_partials(entry)
-            if current is not None and not current.state.is_terminal:
-                if kind is ErrorKind.CANCELLED:
-                    self.store.downloads.transition(
-                        entry.id, DownloadState.CANCELLED, owner_pid=None, last_error=str(error)
-                    )
-                else:
-                    self.store.downloads.mark_failed(entry.id, str(error), kind)
-        attempts = self.store.get_download(entry.id) if entry is not None else None
-        self._record(
-            "download_failed",
-            product_key=product.key,
-            error_kind=kind.value,
-            attempts=attempts.attempt_count if attempts else None,
-            detail=str(error),
-        )
-        self._event("download_failed", product=product.key, kind=kind.value, error=str(error))
-        self.listener.offlining_failed(product, error)
-
-    def _pause_after_interrupt(
-        self, product: MediaProduct, entry: DownloadEntry | None, exc: BaseException
-    ) -> None:
-        if entry is not None:
-            with suppress(Exception):
-                current = self.store.get_download(entry.id)
-                if current is not None and current.state in (
-                    DownloadState.IN_PROGRESS,
-                    DownloadState.PENDING,
-                ):
-                    self.store.downloads.transition(
-                        entry.id, DownloadState.PAUSED, owner_pid=None, last_error="interrupted"
-                    )
-        self._event("download_paused", product=product.key, reason=type(exc).__name__)
-        self.listener.offlining_failed(
-            product,
-            DownloadInterrupted(
-                "interrupted; saved as PAUSED", product=product.key, hint="run `resume`"
-            ),
-        )
+        self.runtime.files.report_foreign_path(product_key, column, raw)
 
     # -- delete ------------------------------------------------------------------------------
 
@@ -787,7 +643,7 @@ class OfflineEngine:
         """
         cancelled_running = False
         try:
-            lock = self._lock(key)
+            lock = self.locks.lock(key)
             lock.acquire(timeout=LOCK_PROBE_GRACE_S, poll_interval=LOCK_POLL_S / 5)
         except Timeout:
             cancelled_running = True
@@ -804,7 +660,7 @@ class OfflineEngine:
                     hint="it has been asked to cancel; run delete again in a moment",
                 ) from None
         except OSError as exc:  # after Timeout, which is an OSError too
-            raise self._lock_failed(key, exc) from exc
+            raise self.locks.failed(key, exc) from exc
         try:
             rows = self.store.product_rows(key)
             if rows.empty:
@@ -894,10 +750,10 @@ class OfflineEngine:
         """Interrupted, paused and retryable failed downloads (of ``products``, else all)."""
         wanted = {p.key for p in products} if products is not None else None
         found: dict[str, MediaProduct] = {}
-        for entry in self.store.list_downloads([*_RUNNABLE_STATES, DownloadState.FAILED]):
+        for entry in self.store.list_downloads([*RUNNABLE_STATES, DownloadState.FAILED]):
             if wanted is not None and entry.product_key not in wanted:
                 continue
-            if entry.state is DownloadState.FAILED and entry.error_kind not in _RETRYABLE_KINDS:
+            if entry.state is DownloadState.FAILED and entry.error_kind not in RETRYABLE_KINDS:
                 continue
             latest = self.store.latest_download(entry.product_key)
             if latest is None or latest.id != entry.id:
@@ -923,23 +779,27 @@ class OfflineEngine:
         )
 
     def resume(
-        self, products: Sequence[MediaProduct] | None = None, *, wait: bool = True
-    ) -> list[ResumeResult]:
-        """Continue every resumable download; a download another process runs is skipped."""
+        self,
+        products: Sequence[MediaProduct] | None = None,
+        *,
+        wait: bool = True,
+        on_result: Callable[[ProductResult], None] | None = None,
+    ) -> list[ProductResult]:
+        """Continue every resumable download (up to ``settings.jobs`` at once); a download
+        another process runs is skipped with --no-wait and waited for otherwise."""
         self.maybe_run_maintenance()
-        results: list[ResumeResult] = []
+        todo: list[MediaProduct] = []
+        skipped: list[ProductResult] = []
         for product in self.resumable_products(products):
-            if self.is_running_elsewhere(product.key) and not wait:
+            if not wait and self.is_running_elsewhere(product.key):
                 busy = self._busy(product.key, "left to that process (exit 3: skipped)")
-                results.append(ResumeResult(product, None, busy))
-                continue
-            try:
-                outcome = self.offline_product(product, wait=wait)
-            except (DownloadError, BusyError, UsageError) as exc:
-                results.append(ResumeResult(product, None, exc))
+                skipped.append(ProductResult(product, None, busy))
             else:
-                results.append(ResumeResult(product, outcome, None))
-        return results
+                todo.append(product)
+        for result in skipped:
+            if on_result is not None:
+                on_result(result)
+        return skipped + self.offline_products(todo, wait=wait, on_result=on_result)
 
     # -- maintenance, validation, health (see maintenance.py) -------------------------------------
 
@@ -954,9 +814,13 @@ class OfflineEngine:
         of the last pass is recorded in the database, so it runs once per interval across all
         processes and cron jobs.
         """
-        if self._maintenance_checked:
-            return False
-        self._maintenance_checked = True
+        with self._setup_lock:
+            if self._maintenance_checked:
+                return False
+            self._maintenance_checked = True
+            return self._run_maintenance()
+
+    def _run_maintenance(self) -> bool:
         interval = self.settings.maintenance_interval
         if interval <= 0 or not self.settings.enhanced_download_management:
             return False
@@ -998,7 +862,7 @@ class OfflineEngine:
         from offline_cli.maintenance import CleanupManager
 
         age = self.settings.retention if older_than_s is None else older_than_s
-        return CleanupManager(self).run(older_than_s=age, dry_run=dry_run)
+        return CleanupManager(self.runtime).run(older_than_s=age, dry_run=dry_run)
 
     def validate_downloads(
         self,
@@ -1009,12 +873,14 @@ class OfflineEngine:
     ) -> list[ValidationResult]:
         from offline_cli.maintenance import Validator
 
-        return Validator(self).run(products, repair=repair, on_progress=on_progress)
+        return Validator(self.runtime, self.offline_product).run(
+            products, repair=repair, on_progress=on_progress
+        )
 
     def get_download_health(self, since_s: float | None = None) -> DownloadHealthReport:
         from offline_cli.maintenance import build_health_report
 
-        return build_health_report(self, since_s)
+        return build_health_report(self.store, self._clock, since_s)
 
 
 def _timestamp(text: str | None) -> float | None:
@@ -1023,7 +889,3 @@ def _timestamp(text: str | None) -> float | None:
     except ValueError:
         return None
     return value if value is not None and math.isfinite(value) else None
-
-
-def _redacted(url: str | None) -> str | None:
-    return redact_url(url) if url is not None else None

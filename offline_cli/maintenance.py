@@ -25,7 +25,8 @@ from offline_cli.paths import safe_remove
 from offline_cli.store import DATABASE_SEEN_KEY
 
 if TYPE_CHECKING:
-    from offline_cli.engine import OfflineEngine
+    from offline_cli.runtime import Runtime
+    from offline_cli.store import Store
 
 HASH_BLOCK = 1024 * 1024
 # Files older than the database itself are kept at least this long, whatever the retention.
@@ -84,11 +85,11 @@ def _size(path: Path) -> int:
 class CleanupManager:
     """Removes what no finished product needs, and never what a live download uses."""
 
-    def __init__(self, engine: OfflineEngine) -> None:
-        self.engine = engine
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
 
     def run(self, *, older_than_s: float, dry_run: bool) -> CleanupReport:
-        store = self.engine.store
+        store = self.rt.store
         if not dry_run and store.read_only:
             # Nothing can be removed nor recorded: say so before touching anything.
             raise StoreUnwritable(
@@ -104,9 +105,9 @@ class CleanupManager:
             ) from exc
 
     def _run(self, *, older_than_s: float, dry_run: bool) -> CleanupReport:
-        engine, store, layout = self.engine, self.engine.store, self.engine.layout
+        rt, store, layout = self.rt, self.rt.store, self.rt.layout
         report = CleanupReport(dry_run=dry_run, older_than_s=older_than_s)
-        cutoff = engine._clock() - older_than_s
+        cutoff = rt.clock() - older_than_s
         unfinished = [
             DownloadState.PENDING,
             DownloadState.IN_PROGRESS,
@@ -117,7 +118,7 @@ class CleanupManager:
         for entry in store.list_downloads(unfinished):
             if entry.updated_at > cutoff and older_than_s > 0:
                 continue
-            if engine.is_running_elsewhere(entry.product_key):
+            if rt.locks.is_running_elsewhere(entry.product_key):
                 continue  # its owner is alive: never touch it
             for column, raw in (
                 ("partial_media_path", entry.partial_media_path),
@@ -134,13 +135,13 @@ class CleanupManager:
                 if child.is_dir() and not child.is_symlink() and not any(child.iterdir()):
                     child.rmdir()
             if report.items:
-                engine._record(
+                rt.telemetry.record(
                     "cleanup",
                     bytes=report.bytes_reclaimed,
                     attempts=report.entries_removed,
                     detail=f"{report.files_removed} files",
                 )
-            engine._event(
+            rt.telemetry.event(
                 "cleanup_completed",
                 entries=report.entries_removed,
                 files=report.files_removed,
@@ -153,13 +154,13 @@ class CleanupManager:
 
         A committed product whose row is damaged is left to `delete`: its media may be fine.
         """
-        engine, store = self.engine, self.engine.store
+        rt, store = self.rt, self.rt.store
         for bad in store.unreadable_entries():
             if bad.table != "download":
                 continue
             if bad.at is not None and bad.at > cutoff and report.older_than_s > 0:
                 continue
-            if engine.is_running_elsewhere(bad.product_key):
+            if rt.locks.is_running_elsewhere(bad.product_key):
                 continue
             for raw in bad.paths:
                 self._remove_partial(report, bad.product_key, bad.row_id, "partial path", raw)
@@ -174,10 +175,10 @@ class CleanupManager:
         any other path (a damaged row naming offline.db, say) is reported and left alone."""
         if not raw:
             return
-        layout = self.engine.layout
+        layout = self.rt.layout
         path = layout.own_file(raw, key, partial=True, download_id=download_id)
         if path is None:
-            self.engine.report_foreign_path(key, column, raw)
+            self.rt.files.report_foreign_path(key, column, raw)
             return
         if os.path.lexists(path):
             report.items.append(CleanupItem("partial", str(path), key, _size(path)))
@@ -187,7 +188,7 @@ class CleanupManager:
     def _database_first_seen(self, now: float) -> float:
         """When this database was created (or, for one made by an older release, first
         cleaned up): a file older than that was made under a database since replaced."""
-        store = self.engine.store
+        store = self.rt.store
         raw = store.get_setting(DATABASE_SEEN_KEY)
         try:
             seen = float(raw) if raw is not None else None
@@ -207,12 +208,12 @@ class CleanupManager:
         retention age (and at least a day), so moving a database aside, or a fresh one,
         never lets a cleanup (or the automatic one) delete stored media at once.
         """
-        engine, store, layout = self.engine, self.engine.store, self.engine.layout
+        rt, store, layout = self.rt, self.rt.store, self.rt.layout
         older_than_s, dry_run = report.older_than_s, report.dry_run
         # The wall clock, not the engine's: it is compared with file modification times.
         now = time.time()
         first_seen = self._database_first_seen(now) - MTIME_SLACK_S
-        grace = max(engine.settings.retention, MIN_ORPHAN_GRACE_S)
+        grace = max(rt.settings.retention, MIN_ORPHAN_GRACE_S)
         keep_older_than_database = now - first_seen < grace
         owned = store.referenced_paths()
         for active in store.list_downloads(
@@ -321,8 +322,12 @@ def full_check(
 
 
 class Validator:
-    def __init__(self, engine: OfflineEngine) -> None:
-        self.engine = engine
+    """Hashes stored products in full; ``redownload`` (the engine's offline_product) is how
+    --repair fetches a damaged one again."""
+
+    def __init__(self, runtime: Runtime, redownload: Callable[[MediaProduct], object]) -> None:
+        self.rt = runtime
+        self.redownload = redownload
 
     def run(
         self,
@@ -331,7 +336,7 @@ class Validator:
         repair: bool,
         on_progress: Callable[[int, int], None] | None,
     ) -> list[ValidationResult]:
-        engine, store = self.engine, self.engine.store
+        rt, store = self.rt, self.rt.store
         if products is None:
             entries = store.list_offlined()
             missing: list[str] = []
@@ -347,7 +352,7 @@ class Validator:
         results = [ValidationResult(key, False, "not offlined") for key in missing]
         for index, entry in enumerate(entries, 1):
             mtime_before = _mtime_ns(entry.media_path)
-            reason = full_check(entry, engine._clock(), engine.own_final_file)
+            reason = full_check(entry, rt.clock(), rt.files.own_final_file)
             # Recorded so `state` answers OFFLINED_BUT_NOT_VALID without hashing again, and
             # VALID again once the bytes are proven right (even if the mtime moved).
             fresh_mtime = mtime_before if reason is None else None
@@ -362,11 +367,13 @@ class Validator:
                 try:
                     store.set_invalid_reason(entry.product_key, reason, mtime_ns=fresh_mtime)
                 except StoreUnwritable as exc:  # a full disk: the verdict stands unrecorded
-                    engine._event("verdict_not_recorded", product=entry.product_key, error=str(exc))
+                    rt.telemetry.event(
+                        "verdict_not_recorded", product=entry.product_key, error=str(exc)
+                    )
             result = ValidationResult(entry.product_key, reason is None, reason)
             if reason is not None and repair:
                 result = self._repair(entry, reason)
-            engine._event(
+            rt.telemetry.event(
                 "product_validated", product=entry.product_key, valid=result.valid, reason=reason
             )
             results.append(result)
@@ -377,7 +384,7 @@ class Validator:
     def _repair(self, entry: OfflinedEntry, reason: str) -> ValidationResult:
         if reason == LICENSE_EXPIRED:
             # The same license again would be just as expired: only the source can renew it.
-            if self.engine.settings.source is None or looks_like_url(entry.product_id):
+            if self.rt.settings.source is None or looks_like_url(entry.product_id):
                 return ValidationResult(
                     entry.product_key,
                     False,
@@ -391,18 +398,18 @@ class Validator:
             product = MediaProduct(
                 entry.product_type,
                 entry.product_id,
-                url=self.engine.vault.reveal(entry.source_url),
-                license_url=self.engine.vault.reveal(entry.license_url),
+                url=self.rt.vault.reveal(entry.source_url),
+                license_url=self.rt.vault.reveal(entry.license_url),
                 license_expires_at=datetime.fromtimestamp(expires, UTC) if expires else None,
             )
         try:
-            self.engine.offline_product(product)
+            self.redownload(product)
         except OfflineError as exc:
             # The old copy stays as it was (the new one is committed only when complete).
             return ValidationResult(entry.product_key, False, reason, False, str(exc))
-        fresh = self.engine.store.get_offlined(entry.product_key)
+        fresh = self.rt.store.get_offlined(entry.product_key)
         still = (
-            full_check(fresh, self.engine._clock(), self.engine.own_final_file)
+            full_check(fresh, self.rt.clock(), self.rt.files.own_final_file)
             if fresh
             else "not offlined"
         )
@@ -436,15 +443,17 @@ class DownloadHealthReport:
         return asdict(self)
 
 
-def build_health_report(engine: OfflineEngine, since_s: float | None) -> DownloadHealthReport:
-    since = engine._clock() - since_s if since_s is not None else None
+def build_health_report(
+    store: Store, clock: Callable[[], float], since_s: float | None
+) -> DownloadHealthReport:
+    since = clock() - since_s if since_s is not None else None
     report = DownloadHealthReport(since=since)
     kinds: Counter[str] = Counter()
     per_day: dict[str, Counter[str]] = defaultdict(Counter)
     durations = 0.0
     succeeded_after_retry = 0
     products_retried: set[str] = set()
-    for event in engine.store.events_since(since):
+    for event in store.events_since(since):
         day = datetime.fromtimestamp(event.at, UTC).strftime("%Y-%m-%d")
         if event.event == "download_started":
             report.downloads_started += 1
@@ -481,6 +490,6 @@ def build_health_report(engine: OfflineEngine, since_s: float | None) -> Downloa
         report.mean_throughput_bytes_per_s = report.bytes_downloaded / durations
     report.failures_by_kind = dict(kinds)
     report.per_day = {day: dict(c) for day, c in sorted(per_day.items())}
-    report.active_downloads = len(engine.store.downloads.active_downloads())
-    report.offlined_products = len(engine.store.list_offlined())
+    report.active_downloads = len(store.downloads.active_downloads())
+    report.offlined_products = len(store.list_offlined())
     return report

@@ -246,6 +246,22 @@ def parse_count(text: str) -> int:
     return int(text.strip())
 
 
+_RATE_RE = re.compile(r"\A([0-9]+(?:\.[0-9]+)?)([kKmMgG]?)\Z")
+_RATE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_rate(text: str) -> int:
+    """Parse a byte rate: ``500k``, ``2M``, ``1.5g`` or plain bytes (K = 1024, as curl's
+    --limit-rate counts), or raise UsageError."""
+    match = _RATE_RE.match(text.strip())
+    if match is None or len(text.strip()) > _MAX_NUMBER_CHARS:
+        raise UsageError(
+            f"malformed rate {shorten(text)!r}", hint="bytes a second, e.g. 500k or 2M"
+        )
+    value = _finite(text, float(match.group(1)) * _RATE_UNITS[match.group(2).lower()])
+    return int(value)
+
+
 def parse_number(text: str) -> float:
     """Parse a finite number >= 0 written in ASCII digits (``1024``, ``0.5``), or raise."""
     if _NUMBER_RE.match(text.strip()) is None:

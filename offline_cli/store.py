@@ -48,12 +48,9 @@ NEARLY_FULL_BYTES = 1024 * 1024
 DATABASE_SEEN_KEY = "database_first_seen_at"
 _Entry = TypeVar("_Entry", DownloadEntry, OfflinedEntry)
 
-_database = peewee.DatabaseProxy()
-
 
 class _Base(peewee.Model):
-    class Meta:
-        database = _database
+    """The schema only: a Store uses subclasses bound to its own database (_Tables)."""
 
 
 class _DownloadRow(_Base):
@@ -319,6 +316,33 @@ def _as_float(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
+class _Tables:
+    """The models bound to one store's database.
+
+    A peewee model is bound to one database; binding the schema classes themselves (or a
+    module-level proxy re-pointed on each call) would let two stores, used from two
+    threads, write into each other's file. Each Store gets its own subclasses instead.
+    """
+
+    def __init__(self, db: peewee.SqliteDatabase) -> None:
+        self.download = _bind(_DownloadRow, db)
+        self.offlined = _bind(_OfflinedRow, db)
+        self.metric = _bind(_MetricRow, db)
+        self.setting = _bind(_SettingRow, db)
+
+    @property
+    def all(self) -> list[type[peewee.Model]]:
+        return [self.download, self.offlined, self.metric, self.setting]
+
+
+_Model = TypeVar("_Model", bound=peewee.Model)
+
+
+def _bind(model: type[_Model], db: peewee.SqliteDatabase) -> type[_Model]:
+    meta = type("Meta", (), {"database": db, "table_name": model._meta.table_name})
+    return type(model.__name__, (model,), {"Meta": meta, "__module__": __name__})
+
+
 class Store:
     """One SQLite file in WAL mode; short IMMEDIATE transactions so processes share it.
 
@@ -342,7 +366,7 @@ class Store:
         # Rows read commands skipped because a value could not be read: product -> why.
         self.bad_rows: dict[str, str] = {}
         self._db = self._database(busy_timeout_s, immutable=False)
-        _database.initialize(self._db)
+        self._t = _Tables(self._db)
         with self._errors():
             if read_only_reason is None:
                 self._open(busy_timeout_s)
@@ -392,7 +416,7 @@ class Store:
         except (peewee.OperationalError, sqlite3.OperationalError):
             self._db.close()
             self._db = self._database(busy_timeout_s, immutable=True)
-            _database.initialize(self._db)
+            self._t = _Tables(self._db)
             self._db.connect()
             version = self._db.execute_sql("PRAGMA user_version").fetchone()[0]
         if version == 0:
@@ -451,10 +475,6 @@ class Store:
     @contextmanager
     def _errors(self) -> Iterator[None]:
         """Turn SQLite failures into StorageError with a hint saying what to do."""
-        # The models go through one module-level proxy: point it at this store's database,
-        # so two stores (two engines on two homes) in one process never write to each other.
-        if _database.obj is not self._db:
-            _database.initialize(self._db)
         try:
             yield
         except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:
@@ -585,7 +605,7 @@ class Store:
             if version == SCHEMA_VERSION:
                 return
             if version == 0:
-                self._db.create_tables([_DownloadRow, _OfflinedRow, _MetricRow, _SettingRow])
+                self._db.create_tables(self._t.all)
             else:
                 if version == 1:
                     self._migrate_1_to_2()
@@ -722,20 +742,24 @@ class Store:
     def _migrate_1_to_2(self) -> None:
         migrator = SqliteMigrator(self._db)
         migrate(
-            migrator.add_column("download_entries", "bytes_done", _DownloadRow.bytes_done),
-            migrator.add_column("download_entries", "bytes_total", _DownloadRow.bytes_total),
+            migrator.add_column("download_entries", "bytes_done", self._t.download.bytes_done),
+            migrator.add_column("download_entries", "bytes_total", self._t.download.bytes_total),
             migrator.add_column(
-                "download_entries", "cancel_requested", _DownloadRow.cancel_requested
+                "download_entries", "cancel_requested", self._t.download.cancel_requested
             ),
-            migrator.add_column("download_entries", "resume_info", _DownloadRow.resume_info),
-            migrator.add_column("download_entries", "expected_size", _DownloadRow.expected_size),
+            migrator.add_column("download_entries", "resume_info", self._t.download.resume_info),
             migrator.add_column(
-                "download_entries", "license_expires_at", _DownloadRow.license_expires_at
+                "download_entries", "expected_size", self._t.download.expected_size
             ),
-            migrator.add_column("download_entries", "from_source", _DownloadRow.from_source),
-            migrator.add_column("offlined_entries", "invalid_reason", _OfflinedRow.invalid_reason),
+            migrator.add_column(
+                "download_entries", "license_expires_at", self._t.download.license_expires_at
+            ),
+            migrator.add_column("download_entries", "from_source", self._t.download.from_source),
+            migrator.add_column(
+                "offlined_entries", "invalid_reason", self._t.offlined.invalid_reason
+            ),
         )
-        self._db.create_tables([_MetricRow, _SettingRow])
+        self._db.create_tables([self._t.metric, self._t.setting])
 
     @staticmethod
     def create_v1_schema(path: Path) -> None:
@@ -817,7 +841,7 @@ class Store:
 
     def get_offlined(self, product_key: str) -> OfflinedEntry | None:
         with self._errors():
-            row = _OfflinedRow.get_or_none(_OfflinedRow.product_key == product_key)
+            row = self._t.offlined.get_or_none(self._t.offlined.product_key == product_key)
         found = self._offlined([row] if row else [])
         return found[0] if found else None
 
@@ -828,14 +852,14 @@ class Store:
         """Each product's latest download entry, in one query."""
         with self._errors():
             rows = list(
-                _DownloadRow.select().order_by(_DownloadRow.created_at, peewee.SQL("rowid"))
+                self._t.download.select().order_by(self._t.download.created_at, peewee.SQL("rowid"))
             )
         latest = {row.product_key: row for row in rows}
         return {e.product_key: e for e in self._downloads(latest.values())}
 
     def list_offlined(self) -> list[OfflinedEntry]:
         with self._errors():
-            rows = list(_OfflinedRow.select().order_by(_OfflinedRow.completed_at))
+            rows = list(self._t.offlined.select().order_by(self._t.offlined.completed_at))
         return self._offlined(rows)
 
     def set_invalid_reason(
@@ -847,7 +871,9 @@ class Store:
         if mtime_ns is not None:
             values["mtime_ns"] = mtime_ns
         with self.transaction():
-            _OfflinedRow.update(**values).where(_OfflinedRow.product_key == product_key).execute()
+            self._t.offlined.update(**values).where(
+                self._t.offlined.product_key == product_key
+            ).execute()
 
     def commit_product(self, download_id: str, entry: OfflinedEntry) -> OfflinedEntry | None:
         """Record a completed product and finish its download in one transaction.
@@ -855,13 +881,15 @@ class Store:
         Returns the entry it replaced, whose files the caller removes afterwards.
         """
         with self.transaction():
-            old_row = _OfflinedRow.get_or_none(_OfflinedRow.product_key == entry.product_key)
+            old_row = self._t.offlined.get_or_none(
+                self._t.offlined.product_key == entry.product_key
+            )
             # A damaged old row is replaced all the same; its files are left to cleanup.
             readable = self._offlined([old_row] if old_row else [])
             old = readable[0] if readable else None
-            fields = {k: getattr(entry, k) for k in _OfflinedRow._meta.fields}
+            fields = {k: getattr(entry, k) for k in self._t.offlined._meta.fields}
             fields["product_type"] = entry.product_type.value
-            _OfflinedRow.replace(**fields).execute()
+            self._t.offlined.replace(**fields).execute()
             self.downloads.transition(
                 download_id,
                 DownloadState.COMPLETED,
@@ -880,16 +908,16 @@ class Store:
 
     def get_download(self, download_id: str) -> DownloadEntry | None:
         with self._errors():
-            row = _DownloadRow.get_or_none(_DownloadRow.id == download_id)
+            row = self._t.download.get_or_none(self._t.download.id == download_id)
         found = self._downloads([row] if row else [])
         return found[0] if found else None
 
     def latest_download(self, product_key: str) -> DownloadEntry | None:
         with self._errors():
             row = (
-                _DownloadRow.select()
-                .where(_DownloadRow.product_key == product_key)
-                .order_by(_DownloadRow.created_at.desc(), peewee.SQL("rowid DESC"))
+                self._t.download.select()
+                .where(self._t.download.product_key == product_key)
+                .order_by(self._t.download.created_at.desc(), peewee.SQL("rowid DESC"))
                 .first()
             )
         # A damaged latest row hides the product's downloads rather than an older one
@@ -900,31 +928,33 @@ class Store:
     def list_downloads(
         self, states: Iterable[DownloadState] | None = None, product_key: str | None = None
     ) -> list[DownloadEntry]:
-        query = _DownloadRow.select().order_by(_DownloadRow.created_at)
+        query = self._t.download.select().order_by(self._t.download.created_at)
         if states is not None:
-            query = query.where(_DownloadRow.state.in_([s.value for s in states]))
+            query = query.where(self._t.download.state.in_([s.value for s in states]))
         if product_key is not None:
-            query = query.where(_DownloadRow.product_key == product_key)
+            query = query.where(self._t.download.product_key == product_key)
         with self._errors():
             rows = list(query)
         return self._downloads(rows)
 
     def delete_download(self, download_id: str) -> None:
         with self.transaction():
-            _DownloadRow.delete().where(_DownloadRow.id == download_id).execute()
+            self._t.download.delete().where(self._t.download.id == download_id).execute()
 
     def known_product_keys(self) -> list[str]:
         """Every product the store knows, offlined or with a download entry, oldest first."""
         with self._errors():
             offlined = [
                 (r.completed_at, r.product_key)
-                for r in _OfflinedRow.select(_OfflinedRow.product_key, _OfflinedRow.completed_at)
+                for r in self._t.offlined.select(
+                    self._t.offlined.product_key, self._t.offlined.completed_at
+                )
             ]
             grouped: Any = (
-                _DownloadRow.select(
-                    _DownloadRow.product_key, peewee.fn.MIN(_DownloadRow.created_at)
+                self._t.download.select(
+                    self._t.download.product_key, peewee.fn.MIN(self._t.download.created_at)
                 )
-                .group_by(_DownloadRow.product_key)
+                .group_by(self._t.download.product_key)
                 .tuples()
             )
             downloads = [(at, key) for key, at in grouped]
@@ -939,16 +969,16 @@ class Store:
         """The ids, files and URLs of a product's rows, whatever else they hold."""
         with self._errors():
             downloads = list(
-                _DownloadRow.select(
-                    _DownloadRow.id,
-                    _DownloadRow.state,
-                    _DownloadRow.partial_media_path,
-                    _DownloadRow.partial_license_path,
-                    _DownloadRow.media_url,
-                    _DownloadRow.license_url,
-                ).where(_DownloadRow.product_key == product_key)
+                self._t.download.select(
+                    self._t.download.id,
+                    self._t.download.state,
+                    self._t.download.partial_media_path,
+                    self._t.download.partial_license_path,
+                    self._t.download.media_url,
+                    self._t.download.license_url,
+                ).where(self._t.download.product_key == product_key)
             )
-            offlined = _OfflinedRow.get_or_none(_OfflinedRow.product_key == product_key)
+            offlined = self._t.offlined.get_or_none(self._t.offlined.product_key == product_key)
         paths: list[str] = []
         urls: list[str] = []
         for d in downloads:
@@ -967,9 +997,10 @@ class Store:
     def forget_product(self, product_key: str, *, keep: Collection[str] = ()) -> None:
         """Delete a product's rows (but the downloads in ``keep``) in one transaction."""
         with self.transaction():
-            _OfflinedRow.delete().where(_OfflinedRow.product_key == product_key).execute()
-            _DownloadRow.delete().where(
-                (_DownloadRow.product_key == product_key) & _DownloadRow.id.not_in(list(keep))
+            self._t.offlined.delete().where(self._t.offlined.product_key == product_key).execute()
+            self._t.download.delete().where(
+                (self._t.download.product_key == product_key)
+                & self._t.download.id.not_in(list(keep))
             ).execute()
         self.bad_rows.pop(product_key, None)
 
@@ -977,8 +1008,8 @@ class Store:
         """Every row a read would skip, with what cleanup needs to remove it."""
         found: list[UnreadableEntry] = []
         with self._errors():
-            downloads = list(_DownloadRow.select())
-            offlined = list(_OfflinedRow.select())
+            downloads = list(self._t.download.select())
+            offlined = list(self._t.offlined.select())
         for d in downloads:
             try:
                 _download_from_row(d)
@@ -1016,15 +1047,19 @@ class Store:
     def delete_unreadable(self, entry: UnreadableEntry) -> None:
         with self.transaction():
             if entry.table == "download":
-                _DownloadRow.delete().where(_DownloadRow.id == entry.row_id).execute()
+                self._t.download.delete().where(self._t.download.id == entry.row_id).execute()
             else:
-                _OfflinedRow.delete().where(_OfflinedRow.product_key == entry.row_id).execute()
+                self._t.offlined.delete().where(
+                    self._t.offlined.product_key == entry.row_id
+                ).execute()
 
     def offlined_paths(self) -> dict[str, list[str]]:
         """The files each offlined row names, whatever else the row holds."""
         with self._errors():
-            rows = _OfflinedRow.select(
-                _OfflinedRow.product_key, _OfflinedRow.media_path, _OfflinedRow.license_path
+            rows = self._t.offlined.select(
+                self._t.offlined.product_key,
+                self._t.offlined.media_path,
+                self._t.offlined.license_path,
             )
             return {str(r.product_key): _paths(r.media_path, r.license_path) for r in rows}
 
@@ -1032,10 +1067,12 @@ class Store:
         """Every file path some entry owns (for orphan detection)."""
         paths: set[str] = set()
         with self._errors():
-            for o in _OfflinedRow.select(_OfflinedRow.media_path, _OfflinedRow.license_path):
+            for o in self._t.offlined.select(
+                self._t.offlined.media_path, self._t.offlined.license_path
+            ):
                 paths.update(_paths(o.media_path, o.license_path))
-            for d in _DownloadRow.select(
-                _DownloadRow.partial_media_path, _DownloadRow.partial_license_path
+            for d in self._t.download.select(
+                self._t.download.partial_media_path, self._t.download.partial_license_path
             ):
                 paths.update(_paths(d.partial_media_path, d.partial_license_path))
         # As written and as under the home today (a moved home's files are still owned).
@@ -1055,7 +1092,7 @@ class Store:
         detail: str | None = None,
     ) -> None:
         with self.transaction():
-            _MetricRow.create(
+            self._t.metric.create(
                 at=self.clock(),
                 event=event,
                 product_key=product_key,
@@ -1067,9 +1104,9 @@ class Store:
             )
 
     def events_since(self, since: float | None) -> list[MetricEvent]:
-        query = _MetricRow.select().order_by(_MetricRow.at)
+        query = self._t.metric.select().order_by(self._t.metric.at)
         if since is not None:
-            query = query.where(_MetricRow.at >= since)
+            query = query.where(self._t.metric.at >= since)
         with self._errors():
             rows = list(query)
 
@@ -1101,12 +1138,12 @@ class Store:
 
     def get_setting(self, key: str) -> str | None:
         with self._errors():
-            row = _SettingRow.get_or_none(_SettingRow.key == key)
+            row = self._t.setting.get_or_none(self._t.setting.key == key)
         return row.value if row else None
 
     def set_setting(self, key: str, value: str) -> None:
         with self.transaction():
-            _SettingRow.replace(key=key, value=value).execute()
+            self._t.setting.replace(key=key, value=value).execute()
 
 
 class DownloadStateManager:
@@ -1133,16 +1170,18 @@ class DownloadStateManager:
         expected_size: int | None = None,
         license_expires_at: float | None = None,
         from_source: bool = False,
+        state: DownloadState = DownloadState.PENDING,
     ) -> DownloadEntry:
+        rows = self._store._t.download
         download_id = uuid.uuid4().hex
         now = self._store.clock()
         with self._store.transaction():
-            _DownloadRow.create(
+            rows.create(
                 id=download_id,
                 product_key=product_key,
                 product_type=product_type.value,
                 product_id=product_id,
-                state=DownloadState.PENDING.value,
+                state=state.value,
                 progress=0.0,
                 attempt_count=0,
                 created_at=now,
@@ -1165,8 +1204,9 @@ class DownloadStateManager:
 
     def transition(self, download_id: str, new_state: DownloadState, **fields: Any) -> None:
         """Move an entry to ``new_state`` (and set ``fields``), refusing illegal moves."""
+        rows = self._store._t.download
         with self._store.transaction():
-            row = _DownloadRow.get_or_none(_DownloadRow.id == download_id)
+            row = rows.get_or_none(rows.id == download_id)
             if row is None:
                 raise IllegalTransition(f"download {download_id} does not exist")
             old_state = DownloadState(row.state)
@@ -1181,7 +1221,7 @@ class DownloadStateManager:
             if new_state is DownloadState.IN_PROGRESS:
                 values.setdefault("paused_at", None)
                 values.setdefault("owner_pid", os.getpid())
-            _DownloadRow.update(**values).where(_DownloadRow.id == download_id).execute()
+            rows.update(**values).where(rows.id == download_id).execute()
 
     def update_progress(
         self,
@@ -1191,6 +1231,7 @@ class DownloadStateManager:
         bytes_total: int | None,
     ) -> bool:
         """Record progress; returns True when another process asked to cancel."""
+        rows = self._store._t.download
         progress = min(1.0, bytes_done / bytes_total) if bytes_total else 0.0
         values: dict[str, Any] = {
             "bytes_done": bytes_done,
@@ -1199,23 +1240,23 @@ class DownloadStateManager:
             "updated_at": self._store.clock(),
         }
         with self._store.transaction():
-            _DownloadRow.update(**values).where(_DownloadRow.id == download_id).execute()
-            row = _DownloadRow.get_or_none(_DownloadRow.id == download_id)
+            rows.update(**values).where(rows.id == download_id).execute()
+            row = rows.get_or_none(rows.id == download_id)
         return row is None or bool(row.cancel_requested)
 
     def set_resume_info(
         self, download_id: str, resume_info: dict[str, dict[str, str | int | None]]
     ) -> None:
+        rows = self._store._t.download
         with self._store.transaction():
-            _DownloadRow.update(resume_info=json.dumps(resume_info)).where(
-                _DownloadRow.id == download_id
-            ).execute()
+            rows.update(resume_info=json.dumps(resume_info)).where(rows.id == download_id).execute()
 
     def set_attempts(self, download_id: str, attempts: int, last_error: str | None) -> None:
+        rows = self._store._t.download
         with self._store.transaction():
-            _DownloadRow.update(
+            rows.update(
                 attempt_count=attempts, last_error=last_error, updated_at=self._store.clock()
-            ).where(_DownloadRow.id == download_id).execute()
+            ).where(rows.id == download_id).execute()
 
     def mark_failed(self, download_id: str, error: str, kind: ErrorKind, **fields: Any) -> None:
         self.transition(
@@ -1229,12 +1270,13 @@ class DownloadStateManager:
 
     def request_cancel(self, product_key: str) -> int:
         """Ask whichever process runs this product's download to stop."""
+        rows = self._store._t.download
         with self._store.transaction():
             count: int = (
-                _DownloadRow.update(cancel_requested=True)
+                rows.update(cancel_requested=True)
                 .where(
-                    (_DownloadRow.product_key == product_key)
-                    & _DownloadRow.state.in_(
+                    (rows.product_key == product_key)
+                    & rows.state.in_(
                         [
                             DownloadState.PENDING.value,
                             DownloadState.IN_PROGRESS.value,
@@ -1247,8 +1289,9 @@ class DownloadStateManager:
         return count
 
     def is_cancel_requested(self, download_id: str) -> bool:
+        rows = self._store._t.download
         with self._store._errors():
-            row = _DownloadRow.get_or_none(_DownloadRow.id == download_id)
+            row = rows.get_or_none(rows.id == download_id)
         return row is None or bool(row.cancel_requested)
 
     def active_downloads(self) -> list[DownloadEntry]:

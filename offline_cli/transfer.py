@@ -125,12 +125,16 @@ def make_client(
     stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     transport: httpx.BaseTransport | None = None,
+    connections: int = 4,
 ) -> httpx.Client:
     """The one place an httpx.Client is built: explicit timeouts, redirects, identity bodies.
 
     The read timeout is the stall timeout: no byte for that long is a network error.
+    ``connections`` is how many downloads run at once: the pool keeps that many alive per
+    client (reused per host), and a download never waits for a free one.
     """
     client = httpx.Client(
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=max(1, connections)),
         timeout=httpx.Timeout(
             connect=connect_timeout_s, read=stall_timeout_s, write=stall_timeout_s, pool=None
         ),
@@ -168,15 +172,42 @@ _CLIENT_STREAMS = weakref.WeakKeyDictionary()
 _CLIENT_STREAMS_LOCK = threading.Lock()
 
 
+# The transfer each connection is busy with (it opened it, or holds its response): with
+# several downloads at once, abort() must never cut a connection another transfer uses.
+_STREAM_OWNERS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
 def _remember_stream(client: httpx.Client, stream: Any, origin: _Origin) -> None:
     with _CLIENT_STREAMS_LOCK:
         _CLIENT_STREAMS.setdefault(client, weakref.WeakKeyDictionary())[stream] = origin
 
 
-def _streams_to(client: httpx.Client, origin: _Origin) -> list[Any]:
+def _claim_stream(stream: Any, owner: int) -> None:
+    if stream is not None:
+        with _CLIENT_STREAMS_LOCK:
+            _STREAM_OWNERS[stream] = owner
+
+
+def _release_stream(stream: Any, owner: int) -> None:
+    if stream is not None:
+        with _CLIENT_STREAMS_LOCK:
+            if _STREAM_OWNERS.get(stream) == owner:
+                del _STREAM_OWNERS[stream]
+
+
+def _streams_to(client: httpx.Client, origin: _Origin, owner: int) -> list[Any]:
+    """Open connections to ``origin`` that no other transfer is known to be using."""
     with _CLIENT_STREAMS_LOCK:
         streams = _CLIENT_STREAMS.get(client)
-        return [s for s, o in list(streams.items()) if o == origin] if streams else []
+        return (
+            [
+                s
+                for s, o in list(streams.items())
+                if o == origin and _STREAM_OWNERS.get(s, owner) == owner
+            ]
+            if streams
+            else []
+        )
 
 
 @dataclass
@@ -261,6 +292,7 @@ class Transfer:
         on_checkpoint: Callable[[Checkpoint], None] = lambda c: None,
         on_progress: Callable[[int, int | None], None] = lambda done, total: None,
         check_stop: Callable[[], None] = lambda: None,
+        throttle: Callable[[int], None] | None = None,
         disk_free: Callable[[Path], int] = lambda p: shutil.disk_usage(p).free,
         stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
         min_speed: float = DEFAULT_MIN_SPEED,
@@ -275,6 +307,8 @@ class Transfer:
         self.on_checkpoint = on_checkpoint
         self.on_progress = on_progress
         self.check_stop = check_stop
+        # Called with each chunk's size before the next read (the shared --limit-rate).
+        self.throttle = throttle
         self.disk_free = disk_free
         self.stall_timeout_s = stall_timeout_s
         self.min_speed = min_speed
@@ -433,10 +467,14 @@ class Transfer:
                         ) from exc
                     raise httpx.InvalidURL(f"invalid host name: {exc}") from exc
             self._response = response
+            stream = response.extensions.get("network_stream")
+            _claim_stream(stream, id(self))
             try:
                 return self._handle(response, offset)
             finally:
                 self._response = None
+                _release_stream(stream, id(self))
+                _release_stream(self._stream, id(self))
 
     @contextlib.contextmanager
     def _header_deadline(self) -> Iterator[None]:
@@ -485,6 +523,7 @@ class Transfer:
             self._stream = info.get("return_value")
             if self._stream is not None and self._origin is not None:
                 _remember_stream(self.client, self._stream, self._origin)
+                _claim_stream(self._stream, id(self))
         elif event == "http11.send_request_headers.started":
             origin = info["request"].url.origin
             self._origin = (origin.host.decode("ascii"), origin.port)
@@ -508,10 +547,13 @@ class Transfer:
         if response is not None:
             streams.append(response.extensions.get("network_stream"))
         elif self._origin is not None:
-            # Waiting for headers, maybe on a kept-alive connection another transfer opened:
-            # requests run one at a time, so the open connections to this origin are idle
-            # but for the one in flight (an idle one shut down is simply dropped by the pool).
-            streams += _streams_to(self.client, self._origin)
+            # Waiting for headers, maybe on a kept-alive connection another transfer opened
+            # (httpcore does not say which pooled one it reuses): cut the connections to
+            # this origin no other transfer is known to use. An idle one shut down is simply
+            # dropped by the pool; only another request waiting for its headers on a reused
+            # connection to the same origin at this instant could be cut too, and it is
+            # then retried from where it was.
+            streams += _streams_to(self.client, self._origin, id(self))
         for stream in streams:
             sock = stream.get_extra_info("socket") if stream is not None else None
             if sock is not None:
@@ -761,6 +803,8 @@ class Transfer:
                     done += len(chunk)
                     self.on_progress(done, total)
                     self.check_stop()
+                    if self.throttle is not None:
+                        self.throttle(len(raw))
                     if speed.too_slow(len(raw)):
                         self.slow_bytes = speed.bytes
                         raise self._error(

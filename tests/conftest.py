@@ -17,6 +17,8 @@ from offline_cli.config import Settings
 from offline_cli.engine import OfflineEngine
 from offline_cli.listener import OfflineEngineListener
 from offline_cli.models import MediaProduct
+from tests.netsim import NetSim
+from tests.procutil import Procs
 
 
 @pytest.fixture(autouse=True)
@@ -171,3 +173,23 @@ def engine_for(
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def sim() -> Iterator[NetSim]:
+    """The one loopback origin of the tests that need real sockets (faults, stalls, outages)."""
+    server = NetSim().start(poll_interval=0.02)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def procs(home: Path, tmp_path: Path) -> Iterator[Procs]:
+    """Runs the real command line in child processes against ``home``."""
+    runner = Procs(home, tmp_path / "procs")
+    try:
+        yield runner
+    finally:
+        runner.close()

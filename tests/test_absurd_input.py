@@ -338,12 +338,17 @@ def test_every_numeric_setting_has_a_range_that_holds_its_default() -> None:
 def test_range_ends_are_accepted_and_just_outside_is_not(name: str) -> None:
     low, high = SETTING_RANGES[name]
     env = f"OFFLINE_CLI_{name.upper()}"
+    whole = isinstance(low, int) and isinstance(high, int)
+
+    def written(value: float) -> str:
+        return str(int(value)) if whole else f"{value:.10g}"
+
     for inside in (low, high):
-        settings = load_settings(Path("/nonexistent-home"), environ={env: f"{inside:.10g}"})
+        settings = load_settings(Path("/nonexistent-home"), environ={env: written(inside)})
         assert getattr(settings, name) == inside
-    outside = [high + 1] + ([low - 0.01] if low > 0 else [])
+    outside = [high + 1] + ([low - (1 if whole else 0.01)] if low > 0 else [])
     for value in outside:
-        text = f"{value:.10g}" if name != "retries" else str(int(value))
+        text = written(value)
         with pytest.raises(ConfigError, match=re.escape(describe_range(name))):
             load_settings(Path("/nonexistent-home"), environ={env: text})
 

@@ -34,15 +34,6 @@ BODY = os.urandom(100_000)
 HOUR = 3600.0
 
 
-@pytest.fixture
-def sim() -> Iterator[NetSim]:
-    server = NetSim().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def _no_traceback(*outputs: str) -> None:
     for text in outputs:
         assert "Traceback" not in text, text

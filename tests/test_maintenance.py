@@ -22,13 +22,6 @@ BODY = os.urandom(200_000)
 DAY = 86400.0
 
 
-@pytest.fixture
-def sim():
-    server = NetSim().start()
-    yield server
-    server.stop()
-
-
 def _failed_with_partial(make_engine, sim: NetSim, path: str = "/f", **settings):
     """A download that failed (retries used up) with partial bytes kept for resume."""
     sim.add(path, Resource(BODY, faults=[Fault("cut", at=50_000)]))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,13 +40,6 @@ def make_body(seed: int = 0, size: int = 300_000) -> bytes:
 
 
 BODY = make_body()
-
-
-@pytest.fixture
-def sim() -> Iterator[NetSim]:
-    server = NetSim().start(poll_interval=0.02)
-    yield server
-    server.stop()
 
 
 def product(url: str) -> MediaProduct:

@@ -14,7 +14,7 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,24 +41,6 @@ MB = 1_000_000
 BODY = os.urandom(2 * MB)
 RATE = 1 * MB  # bytes per second: a 2 MB body takes about two seconds
 LICENSE = b"LICENSE:" + os.urandom(3000)
-
-
-@pytest.fixture
-def sim() -> Iterator[NetSim]:
-    server = NetSim().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def procs(home: Path, tmp_path: Path) -> Iterator[Procs]:
-    runner = Procs(home, tmp_path / "procs")
-    try:
-        yield runner
-    finally:
-        runner.close()
 
 
 def _until(predicate: Callable[[], bool], what: str, timeout: float = 15.0) -> None:

@@ -1,0 +1,135 @@
+"""What the parts of a download share, handed to them by the engine: the runtime and a
+run's cancel signal. Nothing here reaches back into the engine."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from offline_cli.config import Settings
+from offline_cli.credentials import CredentialVault
+from offline_cli.errors import DownloadCancelled
+from offline_cli.listener import OfflineEngineListener
+from offline_cli.locks import ProductLocks
+from offline_cli.ownership import StoreFiles
+from offline_cli.paths import Layout
+from offline_cli.ratelimit import RateLimiter
+from offline_cli.retry import RetryPolicy
+from offline_cli.store import Store
+from offline_cli.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from offline_cli.network import NetworkMonitor
+
+# A test seam (see OfflineEngine's ``fault_hook``): called with the name of a point in a
+# download ("progress", "checkpoint", "license_moved", "files_moved") and what it knows
+# there, so a test can stop the process at that exact point (raise, or SIGKILL itself).
+FaultHook = Callable[..., None]
+
+
+def no_faults(point: str, **info: Any) -> None:
+    """The production fault hook: nothing happens."""
+
+
+class RunInterrupted(BaseException):
+    """A worker's download was stopped by Ctrl-C or SIGTERM in the main thread.
+
+    A BaseException, as KeyboardInterrupt is in the main thread: the download is saved as
+    PAUSED on its way out, never counted as failed.
+    """
+
+
+class Cancel:
+    """One run's stop signal: one ``threading.Event`` and why it was set.
+
+    Set by a delete from another process (noticed by the cancel watch or a progress write:
+    the download is cancelled and its bytes dropped) or by Ctrl-C / SIGTERM in the main
+    thread (interrupted: its bytes are kept, PAUSED). Whatever waits (a retry's backoff, an
+    outage, a read) wakes on it; callbacks registered with ``on_set`` cut a read blocked
+    in the network.
+    """
+
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reason: str | None = None
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def set(self, reason: str) -> None:
+        with self._lock:
+            if self.reason is None:
+                self.reason = reason
+            self.event.set()
+            callbacks = list(self._callbacks)
+        for callback in callbacks:
+            callback()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def on_set(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` when the signal is set (at once if it is); returns the undo."""
+        with self._lock:
+            self._callbacks.append(callback)
+            already = self.event.is_set()
+        if already:
+            callback()
+
+        def remove() -> None:
+            with self._lock:
+                if callback in self._callbacks:
+                    self._callbacks.remove(callback)
+
+        return remove
+
+    def raise_if_set(self, product: str) -> None:
+        if not self.event.is_set():
+            return
+        if self.reason == self.INTERRUPTED:
+            raise RunInterrupted()
+        raise DownloadCancelled("cancelled: deleted by another process", product=product)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Everything a product's run, cleanup and validation use, wired once by the engine.
+
+    ``sleep`` None (production) waits on the run's cancel event, so a cancel or Ctrl-C
+    ends a backoff at once; tests inject a fake sleep that advances a fake clock.
+    """
+
+    settings: Settings
+    layout: Layout
+    store: Store
+    vault: CredentialVault
+    files: StoreFiles
+    locks: ProductLocks
+    telemetry: Telemetry
+    listener: OfflineEngineListener
+    policy: RetryPolicy
+    network_monitor: Callable[[], NetworkMonitor]
+    clock: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] | None = None
+    rand: Callable[[], float] = field(default=lambda: 0.5)
+    disk_free: Callable[[Path], int] = field(default=lambda p: 1 << 62)
+    limiter: RateLimiter | None = None
+    # Hosts that honour If-Range only with a date (transfer.py): shared by all products.
+    date_if_range_hosts: set[str] = field(default_factory=set)
+    fault: FaultHook = no_faults
+
+    def wait(self, seconds: float, cancel: Cancel, product: str) -> None:
+        """Wait ``seconds`` unless ``cancel`` is set first (then raise, as it says)."""
+        if seconds > 0:
+            if self.sleep is None:
+                cancel.event.wait(seconds)
+            else:
+                self.sleep(seconds)
+        cancel.raise_if_set(product)
