@@ -268,6 +268,7 @@ def test_flag_download_retry_off_fails_at_first_error(make_engine, sim) -> None:
     engine = make_engine(download_retry=False)
     with pytest.raises(ServerError):
         engine.offline(MediaProduct(ProductType.TRACK, "1", url=sim.url("/r")))
+    assert sim.wait_idle()  # the server logs a request once it has finished sending it
     assert len(sim.requests("/r")) == 1
 
 
@@ -466,5 +467,6 @@ def test_disk_full_fails_at_once_with_the_sizes(cli, make_engine, sim, home) -> 
         "not enough disk space: need 200.0 kB plus 262.1 kB kept free so the database can "
         "record the download, 100.0 kB free"
     ) in str(caught.value)
+    assert sim.wait_idle()
     assert len(sim.requests("/big")) == 1  # permanent: no retry
     assert list((home / "partial").iterdir()) == []
