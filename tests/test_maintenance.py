@@ -289,13 +289,12 @@ def test_flag_network_aware_off_does_not_pause(make_engine, clock) -> None:
     sim.add("/n", Resource(BODY, faults=[Fault("cut", at=50_000)]))
     url = sim.url("/n")
     listener = RecordingListener()
-    engine = make_engine(listener, retries=1, network_aware_downloads=False)
 
     def stop_server(_seconds: float) -> None:
         sim.stop()  # the host goes away before the retry
         clock.now += _seconds
 
-    engine._sleep = stop_server
+    engine = make_engine(listener, retries=1, network_aware_downloads=False, sleep=stop_server)
     with pytest.raises(NetworkError):
         engine.offline(MediaProduct(ProductType.TRACK, "1", url=url))
     assert "paused" not in listener.names()
