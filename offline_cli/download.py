@@ -41,9 +41,7 @@ from offline_cli.retry import RetryHooks, classify, execute
 from offline_cli.runtime import Cancel, RunInterrupted, Runtime
 
 if TYPE_CHECKING:
-    import httpx
-
-    from offline_cli.transfer import Checkpoint, Transfer, TransferResult
+    from offline_cli.transfer import Checkpoint, HttpClient, Transfer, TransferResult
 
 # How often progress is written to the database (and a cancel request is noticed).
 PROGRESS_PERSIST_INTERVAL_S = 0.5
@@ -107,7 +105,7 @@ class CoordinatedDownload:
 class Downloader:
     """Downloads, verifies and commits products; the caller holds each product's lock."""
 
-    def __init__(self, runtime: Runtime, client: Callable[[], httpx.Client]) -> None:
+    def __init__(self, runtime: Runtime, client: Callable[[], HttpClient]) -> None:
         self.rt = runtime
         self._client = client
 
@@ -161,7 +159,7 @@ class Downloader:
             )
         return dataclasses.replace(product, url=url, license_url=license_url)
 
-    def _resolve(self, product: MediaProduct, client: httpx.Client, cancel: Cancel) -> MediaProduct:
+    def _resolve(self, product: MediaProduct, client: HttpClient, cancel: Cancel) -> MediaProduct:
         """Fill in URLs from the playback-info source when the product has none."""
         if product.url is not None:
             return product
@@ -335,7 +333,7 @@ class ProductRun(OfflineEngineListener):
         runtime: Runtime,
         product: MediaProduct,
         entry: DownloadEntry,
-        client: httpx.Client,
+        client: HttpClient,
         cancel: Cancel,
     ) -> None:
         self.rt = runtime

@@ -71,10 +71,9 @@ from offline_cli.store import ProductRows, Store
 from offline_cli.telemetry import Telemetry
 
 if TYPE_CHECKING:
-    import httpx
-
     from offline_cli.maintenance import CleanupReport, DownloadHealthReport, ValidationResult
     from offline_cli.network import NetworkMonitor
+    from offline_cli.transfer import HttpClient, HttpTransport
 
 log = logging.getLogger("offline_cli")
 
@@ -123,7 +122,7 @@ class OfflineEngine:
         listener: OfflineEngineListener | None = None,
         *,
         settings: Settings | None = None,
-        transport: httpx.BaseTransport | None = None,
+        transport: HttpTransport | None = None,
         sleep: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -153,7 +152,7 @@ class OfflineEngine:
         self._store: Store | None = None
         self._runtime: Runtime | None = None
         self._maintenance_checked = False
-        self._http: httpx.Client | None = None
+        self._http: HttpClient | None = None
         self._setup_lock = threading.RLock()  # the client, runtime and maintenance, once
         # hosts that honour If-Range only with a date (transfer.py): shared by all products
         self.date_if_range_hosts: set[str] = set()
@@ -294,7 +293,7 @@ class OfflineEngine:
         """True when a live process (or another thread) holds the product's download lock."""
         return self.locks.is_running_elsewhere(product_key)
 
-    def _client(self) -> httpx.Client:
+    def _client(self) -> HttpClient:
         """One HTTP client per engine: connections and the TLS setup are shared by products
         (and by the threads of ``-j``: httpx's pool is thread-safe)."""
         with self._setup_lock:
@@ -302,7 +301,7 @@ class OfflineEngine:
                 self._http = self._new_client()
             return self._http
 
-    def _new_client(self) -> httpx.Client:
+    def _new_client(self) -> HttpClient:
         from offline_cli.transfer import make_client
 
         return make_client(

@@ -115,6 +115,12 @@ def parse_unsatisfied_range(value: str | None) -> int | None:
     return int(match.group(1))
 
 
+# The HTTP types other modules name (for their annotations only): httpx itself is imported
+# by the transport modules alone.
+HttpClient = httpx.Client
+HttpTransport = httpx.BaseTransport
+
+
 def disk_reserve(needed: int) -> int:
     """Bytes kept free beyond a download of ``needed`` bytes (see DISK_RESERVE_MIN_BYTES)."""
     return min(DISK_RESERVE_MAX_BYTES, max(DISK_RESERVE_MIN_BYTES, needed // 16))
