@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from offline_cli.errors import DownloadCancelled, DownloadInterrupted, HTTPStatusError
+from offline_cli.errors import DownloadCancelled, HTTPStatusError
 from offline_cli.models import DownloadState, MediaProduct, ProductType
 from offline_cli.store import Store
 from tests.conftest import RecordingListener
@@ -52,7 +52,7 @@ def _run_in_thread(target: Any) -> tuple[threading.Thread, dict[str, Any]]:
     def run() -> None:
         try:
             out["results"] = target()
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
+        except BaseException as exc:
             out["error"] = exc
 
     thread = threading.Thread(target=run, daemon=True)
