@@ -981,13 +981,19 @@ class Store:
     def list_downloads(
         self, states: Iterable[DownloadState] | None = None, product_key: str | None = None
     ) -> list[DownloadEntry]:
-        query = self._t.download.select().order_by(self._t.download.created_at)
+        where: list[str] = []
+        params: list[Any] = []
         if states is not None:
-            query = query.where(self._t.download.state.in_([s.value for s in states]))
+            values = [s.value for s in states]
+            where.append(f"state IN ({', '.join('?' * len(values))})")
+            params += values
         if product_key is not None:
-            query = query.where(self._t.download.product_key == product_key)
-        with self._errors():
-            rows = list(query)
+            where.append("product_key = ?")
+            params.append(product_key)
+        condition = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = self._fetch(
+            f"{_SELECT_DOWNLOAD}{condition} ORDER BY created_at", tuple(params), _DOWNLOAD_COLUMNS
+        )
         return self._downloads(rows)
 
     def delete_download(self, download_id: str) -> None:
