@@ -38,13 +38,11 @@ from offline_cli.models import (
 from offline_cli.paths import PRIVATE_DIR_MODE, Layout, safe_remove
 from offline_cli.redaction import redact_url
 from offline_cli.retry import RetryHooks, classify, execute
-from offline_cli.runtime import Cancel, RunInterrupted, Runtime
+from offline_cli.runtime import Cancel, Runtime
 
 if TYPE_CHECKING:
     from offline_cli.transfer import Checkpoint, HttpClient, Transfer, TransferResult
 
-# How often progress is written to the database (and a cancel request is noticed).
-PROGRESS_PERSIST_INTERVAL_S = 0.5
 # How often the listener hears progress.
 PROGRESS_NOTIFY_INTERVAL_S = 0.1
 
@@ -346,9 +344,6 @@ class ProductRun(OfflineEngineListener):
         self.sizes: dict[str, tuple[int, int | None]] = {}
         self.bytes_fetched = 0
         self.retries = 0
-        # From the start of the run: a download done within the interval never writes its
-        # progress (its commit says it all), which is most of a batch of small files.
-        self._last_persist = runtime.monotonic()
         self._last_notify = 0.0
         self._last_fraction = -1.0
         self._current: Transfer | None = None
@@ -380,14 +375,10 @@ class ProductRun(OfflineEngineListener):
                 if fraction != self._last_fraction:
                     self._last_fraction = fraction
                     self.rt.listener.offlining_progressed(self.product, fraction)
-        enhanced = self.rt.settings.enhanced_download_management
-        if enhanced and now - self._last_persist >= PROGRESS_PERSIST_INTERVAL_S:
-            self._last_persist = now
-            cancelled = self.rt.store.downloads.update_progress(
-                self.entry.id, bytes_done=all_done, bytes_total=all_total
-            )
-            if cancelled:
-                self.cancel.set(Cancel.CANCELLED)
+        if self.rt.settings.enhanced_download_management:
+            # Written with every running download's at the board's next tick: a download
+            # done before then never writes its progress (its commit says it all).
+            self.rt.progress.report(self.entry.id, all_done, all_total)
         self.rt.fault("progress", part=part, done=done)
 
     def _check_stop(self) -> None:
@@ -537,19 +528,18 @@ class ProductRun(OfflineEngineListener):
         if current is not None:
             current.abort()
 
-    def _watch_for_cancel(self) -> None:
-        """On the watchdog: notice a delete from another process even when no byte arrives
-        (a stall, a slow server, progress persistence switched off), and keep cutting the
-        transfer short while the run is stopped (a request may start just after a cut)."""
-        with suppress(OfflineError, RunInterrupted):  # a failing store: the run will see
-            self._poll_cancel()
+    def _on_tick(self) -> None:
+        """On the watchdog, after the progress board asked the database whether another
+        process deleted the product (so a delete is noticed even when no byte arrives):
+        keep cutting the transfer short while the run is stopped (a request may start just
+        after a cut)."""
         if self.cancel.is_set():
             # Every tick, not once: the transfer running now may be a later one (the media
             # after the license) or a new request after the last was cut.
             self._abort_current()
 
     def run(self) -> None:
-        unwatch = self.rt.watchdog.every(PROGRESS_PERSIST_INTERVAL_S, self._watch_for_cancel)
+        unwatch = self.rt.progress.add(self.entry.id, self.cancel, self._on_tick)
         undo = self.cancel.on_set(self._abort_current)
         try:
             self._run()

@@ -62,6 +62,7 @@ from offline_cli.retry import RetryPolicy
 from offline_cli.runtime import (
     Cancel,
     FaultHook,
+    ProgressBoard,
     RunInterrupted,
     Runtime,
     Watchdog,
@@ -238,6 +239,7 @@ class OfflineEngine:
                     ),
                     network_monitor=self._monitor,
                     watchdog=self._watchdog,
+                    progress=ProgressBoard(store, self._watchdog),
                     clock=self._clock,
                     monotonic=self._monotonic,
                     sleep=self._sleep,

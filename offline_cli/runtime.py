@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from offline_cli.config import Settings
 from offline_cli.credentials import CredentialVault
-from offline_cli.errors import DownloadCancelled
+from offline_cli.errors import DownloadCancelled, OfflineError
 from offline_cli.listener import OfflineEngineListener
 from offline_cli.locks import ProductLocks
 from offline_cli.ownership import StoreFiles
@@ -158,6 +158,69 @@ class Watchdog:
             self._stop = threading.Event()
 
 
+# How often the progress of running downloads is written (and a cancel request noticed).
+PROGRESS_PERSIST_INTERVAL_S = 0.5
+
+
+class ProgressBoard:
+    """The running downloads of an engine: their progress is written to the database in one
+    transaction every PROGRESS_PERSIST_INTERVAL_S (a batch, not a write per download), and
+    one query a tick asks which of them another process asked to cancel.
+
+    Runs on the watchdog thread; ``on_tick`` of each download then runs there too (to cut
+    the transfer of one whose cancel signal is set).
+    """
+
+    def __init__(self, store: Store, watchdog: Watchdog) -> None:
+        self._store = store
+        self._watchdog = watchdog
+        self._lock = threading.Lock()
+        # download id -> (its cancel signal, its tick, the progress to write or None)
+        self._runs: dict[str, tuple[Cancel, Callable[[], None]]] = {}
+        self._pending: dict[str, tuple[int, int | None]] = {}
+        self._stop_watching: Callable[[], None] | None = None
+
+    def add(
+        self, download_id: str, cancel: Cancel, on_tick: Callable[[], None]
+    ) -> Callable[[], None]:
+        """Watch a running download until the returned callable is called."""
+        with self._lock:
+            self._runs[download_id] = (cancel, on_tick)
+            if self._stop_watching is None:
+                self._stop_watching = self._watchdog.every(PROGRESS_PERSIST_INTERVAL_S, self.flush)
+
+        def remove() -> None:
+            with self._lock:
+                self._runs.pop(download_id, None)
+                self._pending.pop(download_id, None)
+                if not self._runs and self._stop_watching is not None:
+                    self._stop_watching()
+                    self._stop_watching = None
+
+        return remove
+
+    def report(self, download_id: str, done: int, total: int | None) -> None:
+        """The latest progress of a download (written at the next tick)."""
+        with self._lock:
+            if download_id in self._runs:
+                self._pending[download_id] = (done, total)
+
+    def flush(self) -> None:
+        with self._lock:
+            runs = dict(self._runs)
+            pending, self._pending = self._pending, {}
+        if not runs:
+            return
+        try:
+            cancelled = self._store.downloads.sync_progress(pending, list(runs))
+        except OfflineError:  # a failing store: each run sees it at its own next write
+            cancelled = set()
+        for download_id, (cancel, on_tick) in runs.items():
+            if download_id in cancelled:
+                cancel.set(Cancel.CANCELLED)
+            on_tick()
+
+
 @dataclass(frozen=True)
 class Runtime:
     """Everything a product's run, cleanup and validation use, wired once by the engine.
@@ -177,6 +240,7 @@ class Runtime:
     policy: RetryPolicy
     network_monitor: Callable[[], NetworkMonitor]
     watchdog: Watchdog
+    progress: ProgressBoard
     clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] | None = None

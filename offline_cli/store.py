@@ -1352,6 +1352,35 @@ class DownloadStateManager:
             row = self._column(download_id, "cancel_requested")
         return row is None or bool(row[0])
 
+    def sync_progress(
+        self, progress: dict[str, tuple[int, int | None]], watched: Collection[str]
+    ) -> set[str]:
+        """Record the progress of many downloads in one transaction; returns those of
+        ``watched`` another process asked to cancel (or that no longer exist)."""
+        now = self._store.clock()
+        ids = list(watched)
+        with self._store.transaction():
+            for download_id, (done, total) in progress.items():
+                self._update(
+                    download_id,
+                    {
+                        "bytes_done": done,
+                        "bytes_total": total,
+                        "progress": min(1.0, done / total) if total else 0.0,
+                        "updated_at": now,
+                    },
+                )
+            found: dict[str, bool] = {}
+            for start in range(0, len(ids), 500):  # SQLite's limit on parameters
+                chunk = ids[start : start + 500]
+                for download_id, flag in self._store._db.execute_sql(
+                    "SELECT id, cancel_requested FROM download_entries "
+                    f"WHERE id IN ({', '.join('?' * len(chunk))})",
+                    tuple(chunk),
+                ).fetchall():
+                    found[download_id] = bool(flag)
+        return {i for i in ids if found.get(i, True)}
+
     def set_resume_info(
         self, download_id: str, resume_info: dict[str, dict[str, str | int | None]]
     ) -> None:

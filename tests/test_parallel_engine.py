@@ -155,3 +155,52 @@ def test_rate_limit_is_shared_not_per_download(make_engine, sim: NetSim, jobs: i
     effective = engine.runtime.settings
     assert effective.min_speed <= 4096 // (2 * jobs)
     assert engine.runtime.limiter is not None and engine.runtime.limiter.rate == 4096
+
+
+def test_progress_of_all_running_downloads_is_written_in_one_flush(home: Path) -> None:
+    from offline_cli.paths import Layout
+    from offline_cli.runtime import Cancel, ProgressBoard, Watchdog
+
+    layout = Layout(home)
+    layout.ensure()
+    store = Store(layout.database)
+    watchdog = Watchdog()
+    try:
+        board = ProgressBoard(store, watchdog)
+        entries = [
+            store.downloads.create(
+                product_key=f"file:{n}",
+                product_type=ProductType.FILE,
+                product_id=str(n),
+                media_url=f"http://127.0.0.1:9/{n}",
+                license_url=None,
+                expected_sha256=None,
+                partial_media_path=layout.partial_media_path,
+                partial_license_path=layout.partial_license_path,
+                state=DownloadState.IN_PROGRESS,
+            )
+            for n in range(3)
+        ]
+        cancels = [Cancel() for _ in entries]
+        ticks: list[str] = []
+        removers = [
+            board.add(e.id, c, lambda e=e: ticks.append(e.id))
+            for e, c in zip(entries, cancels, strict=True)
+        ]
+        for n, entry in enumerate(entries):
+            board.report(entry.id, 100 * (n + 1), 1000)
+        store.downloads.request_cancel("file:1")  # what `delete` in another process does
+
+        board.flush()  # what the watchdog does every half second
+
+        assert [store.get_download(e.id).bytes_done for e in entries] == [100, 200, 300]  # type: ignore[union-attr]
+        assert [c.reason for c in cancels] == [None, Cancel.CANCELLED, None]
+        assert sorted(ticks) == sorted(e.id for e in entries)
+        for remove in removers:
+            remove()
+        board.report(entries[0].id, 999, 1000)  # no longer running: never written
+        board.flush()
+        assert store.get_download(entries[0].id).bytes_done == 100  # type: ignore[union-attr]
+    finally:
+        watchdog.close()
+        store.close()
