@@ -14,8 +14,9 @@ import re
 import signal
 import stat
 import sys
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,14 +33,13 @@ from offline_cli.config import (
     load_settings,
     read_capped,
 )
-from offline_cli.engine import OfflineEngine, Outcome
+from offline_cli.engine import OfflineEngine, Outcome, ProductResult
 from offline_cli.errors import (
     BusyError,
     ConfigError,
     DownloadError,
     DownloadInterrupted,
     OfflineError,
-    StorageError,
     Terminated,
     UsageError,
 )
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY, EXIT_STORAGE = 0, 1, 2, 3, 4
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
-_PAUSED_NOTE = "the download in progress was saved as PAUSED (run `offline-cli resume`)"
+_PAUSED_NOTE = "the downloads in progress were saved as PAUSED (run `offline-cli resume`)"
 PROG = "offline-cli"
 
 
@@ -284,30 +284,66 @@ _VALIDATE_TASK = "\0validate"
 
 
 class _Reporter(OfflineEngineListener):
-    """Turns listener callbacks into rich bars on a terminal, a few plain lines otherwise."""
+    """Turns listener callbacks into rich bars on a terminal, a few plain lines otherwise.
+
+    Callbacks come from the worker threads of ``-j`` (several at once): one lock keeps the
+    bars and the counts consistent and every printed line whole.
+    """
 
     def __init__(self, progress: Progress | None) -> None:
         self.progress = progress
         self.tasks: dict[str, TaskID] = {}
         self.started_at: dict[str, float] = {}
         self.bytes: dict[str, int] = {}
+        self.totals: dict[str, int | None] = {}
         # Products this process waited for: when the other process finished them, the
         # command says "downloaded by another process" instead of a "done (0 B)" line.
         self.waited: set[str] = set()
+        self._lock = threading.RLock()
+        # The overall row (terminal only, with more than one product): done of expected.
+        self._overall: TaskID | None = None
+        self._expected = 0
+        self._finished = 0
+
+    def expect(self, count: int) -> None:
+        """How many products this command will report on: the overall row counts them."""
+        with self._lock:
+            self._expected = count
+            if self.progress is not None and count > 1 and self._overall is None:
+                self._overall = self.progress.add_task(self._overall_text(), total=None)
+
+    def _overall_text(self) -> str:
+        return f"all: {self._finished} of {self._expected} products"
+
+    def _update_overall(self) -> None:
+        if self.progress is None or self._overall is None:
+            return
+        totals = list(self.totals.values())
+        known = None if not totals or None in totals else sum(t or 0 for t in totals)
+        self.progress.update(
+            self._overall,
+            description=self._overall_text(),
+            completed=sum(self.bytes.values()),
+            total=known,
+        )
 
     def offlining_started(self, product: MediaProduct) -> None:
-        self.started_at[product.key] = time.monotonic()
-        if self.progress is not None:
-            self.tasks[product.key] = self.progress.add_task(
-                escape_controls(product.key), total=None
-            )
-        else:
-            _say(f"{product.key}: downloading")
+        with self._lock:
+            self.started_at[product.key] = time.monotonic()
+            if self.progress is not None:
+                self.tasks[product.key] = self.progress.add_task(
+                    escape_controls(product.key), total=None
+                )
+            else:
+                _say(f"{product.key}: downloading")
 
     def offlining_bytes(self, product: MediaProduct, done: int, total: int | None) -> None:
-        self.bytes[product.key] = done
-        if self.progress is not None and product.key in self.tasks:
-            self.progress.update(self.tasks[product.key], completed=done, total=total)
+        with self._lock:
+            self.bytes[product.key] = done
+            self.totals[product.key] = total
+            if self.progress is not None and product.key in self.tasks:
+                self.progress.update(self.tasks[product.key], completed=done, total=total)
+                self._update_overall()
 
     def offlining_paused(self, product: MediaProduct, reason: str) -> None:
         self._note(product, f"paused, {reason}")
@@ -322,21 +358,24 @@ class _Reporter(OfflineEngineListener):
 
     def offlining_waiting_for_other(self, product: MediaProduct, pid: int | None) -> None:
         who = f"process {pid}" if pid else "another process"
-        self.waited.add(product.key)
-        _say(f"{product.key}: {who} is downloading it; waiting for its outcome")
+        with self._lock:
+            self.waited.add(product.key)
+            _say(f"{product.key}: {who} is downloading it; waiting for its outcome")
 
     def offlining_completed(self, product: MediaProduct) -> None:
-        if product.key in self.waited and product.key not in self.bytes:
-            self._finish(product, None)
-            return
-        elapsed = time.monotonic() - self.started_at.get(product.key, time.monotonic())
-        size = human_bytes(self.bytes.get(product.key, 0))
-        self._finish(product, f"{product.key}: done ({size} in {elapsed:.1f}s)")
+        with self._lock:
+            if product.key in self.waited and product.key not in self.bytes:
+                self._finish(product, None)
+                return
+            elapsed = time.monotonic() - self.started_at.get(product.key, time.monotonic())
+            size = human_bytes(self.bytes.get(product.key, 0))
+            self._finish(product, f"{product.key}: done ({size} in {elapsed:.1f}s)")
 
     def offlining_failed(self, product: MediaProduct, error: OfflineError) -> None:
-        if isinstance(error, DownloadInterrupted):
-            _output.paused_by_signal = True
-        self._finish(product, None)
+        with self._lock:
+            if isinstance(error, DownloadInterrupted):
+                _output.paused_by_signal = True
+            self._finish(product, None)
 
     def validation_progress(self, checked: int, total: int) -> None:
         """A bar over the products being hashed (terminal only: piped output stays quiet)."""
@@ -351,16 +390,19 @@ class _Reporter(OfflineEngineListener):
             self.progress.remove_task(self.tasks.pop(_VALIDATE_TASK))
 
     def _note(self, product: MediaProduct, text: str) -> None:
-        if self.progress is not None and product.key in self.tasks:
-            description = escape_controls(f"{product.key} ({text})")
-            self.progress.update(self.tasks[product.key], description=description)
-        else:
-            _say(f"{product.key}: {text}")
+        with self._lock:
+            if self.progress is not None and product.key in self.tasks:
+                description = escape_controls(f"{product.key} ({text})")
+                self.progress.update(self.tasks[product.key], description=description)
+            else:
+                _say(f"{product.key}: {text}")
 
     def _finish(self, product: MediaProduct, line: str | None) -> None:
         task = self.tasks.pop(product.key, None)
+        self._finished += 1
         if self.progress is not None and task is not None:
             self.progress.remove_task(task)
+        self._update_overall()
         if line:
             if self.progress is not None:
                 self.progress.console.print(escape_controls(line), highlight=False, markup=False)
@@ -369,11 +411,13 @@ class _Reporter(OfflineEngineListener):
 
 
 @contextmanager
-def _reporting() -> Iterator[_Reporter]:
+def _reporting(expected: int = 0) -> Iterator[_Reporter]:
     """A reporter with rich bars when stderr is a terminal and -q was not given."""
     console = _output.err
     if _output.quiet or not console.is_terminal:
-        yield _Reporter(None)
+        reporter = _Reporter(None)
+        reporter.expect(expected)
+        yield reporter
         return
     from rich.progress import (
         BarColumn,
@@ -393,7 +437,9 @@ def _reporting() -> Iterator[_Reporter]:
         console=console,
         transient=False,
     ) as progress:
-        yield _Reporter(progress)
+        reporter = _Reporter(progress)
+        reporter.expect(expected)
+        yield reporter
 
 
 # -- common plumbing ------------------------------------------------------------------------------
@@ -530,16 +576,33 @@ NetworkTimeout = Annotated[
     str | None,
     typer.Option("--network-timeout", help="How long a paused download waits for its host."),
 ]
+Jobs = Annotated[
+    int | None,
+    typer.Option("--jobs", "-j", help="Download up to N products at once (default 4, 1 to 64)."),
+]
+LimitRate = Annotated[
+    str | None,
+    typer.Option(
+        "--limit-rate",
+        help="Bytes a second for all downloads together: 500k, 2M (K = 1024; default none).",
+    ),
+]
 
 
 def _transfer_overrides(
-    retries: int | None, stall_timeout: str | None, network_timeout: str | None
+    retries: int | None,
+    stall_timeout: str | None,
+    network_timeout: str | None,
+    jobs: int | None,
+    limit_rate: str | None,
 ) -> dict[str, Any]:
     """The settings both downloading commands take from their options."""
     return {
         "retries": retries,
         "stall_timeout": _duration(stall_timeout, "--stall-timeout"),
         "network_timeout": _duration(network_timeout, "--network-timeout"),
+        "jobs": jobs,
+        "limit_rate": limit_rate,  # checked and parsed with the setting (500k, 2M)
     }
 
 
@@ -614,6 +677,8 @@ def offline(
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="Exit 3 if another process downloads it.")
     ] = False,
+    jobs: Jobs = None,
+    limit_rate: LimitRate = None,
     retries: Retries = None,
     stall_timeout: StallTimeout = None,
     network_timeout: NetworkTimeout = None,
@@ -629,11 +694,11 @@ def offline(
         if not names:
             raise UsageError("no product given", hint="offline URL... or offline -i FILE")
         parsed = _parse_offline_products(names, product_id, license_url, sha256)
-        overrides = _transfer_overrides(retries, stall_timeout, network_timeout)
+        overrides = _transfer_overrides(retries, stall_timeout, network_timeout, jobs, limit_rate)
         settings = _settings(source=source, **overrides)
         # Checked before the store is opened: bad input changes nothing.
         OfflineEngine.check_resolvable_with(settings, parsed)
-        with _reporting() as reporter:
+        with _reporting(len(parsed)) as reporter:
             engine = _engine(reporter, settings)
             failures = _offline_all(engine, parsed, wait=not no_wait)
     except OfflineError as exc:
@@ -682,21 +747,28 @@ def _parse_offline_products(
 def _offline_all(
     engine: OfflineEngine, products: Sequence[MediaProduct], *, wait: bool
 ) -> list[int]:
+    """Download ``products`` (up to ``jobs`` at once); the exit codes of those that failed."""
     failures: list[int] = []
-    for product in products:
-        try:
-            outcome = engine.offline_product(product, wait=wait)
-        except StorageError:
-            raise
-        except (DownloadError, BusyError, UsageError) as exc:
-            _print_error(_error_line(exc.with_product(product.key)))
-            failures.append(exc.exit_code)
-            continue
-        if outcome is Outcome.ALREADY_OFFLINE:
-            _say(f"{product.key}: already offline and valid, nothing fetched")
-        elif outcome is Outcome.DOWNLOADED_BY_OTHER:
-            _say(f"{product.key}: downloaded by another process")
+    engine.offline_products(products, wait=wait, on_result=_result_printer(failures))
     return failures
+
+
+def _result_printer(failures: list[int]) -> Callable[[ProductResult], None]:
+    """Print each product's outcome as it comes; collect the exit codes of failures."""
+
+    def report(result: ProductResult) -> None:
+        key = result.product.key
+        if result.error is not None:
+            if isinstance(result.error, DownloadInterrupted):
+                return  # the command itself ends 130/143 with the PAUSED note
+            _print_error(_error_line(result.error.with_product(key)))
+            failures.append(result.error.exit_code)
+        elif result.outcome is Outcome.ALREADY_OFFLINE:
+            _say(f"{key}: already offline and valid, nothing fetched")
+        elif result.outcome is Outcome.DOWNLOADED_BY_OTHER:
+            _say(f"{key}: downloaded by another process")
+
+    return report
 
 
 @app.command()
@@ -796,6 +868,8 @@ def resume(
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="Skip downloads another process runs (exit 3).")
     ] = False,
+    jobs: Jobs = None,
+    limit_rate: LimitRate = None,
     retries: Retries = None,
     stall_timeout: StallTimeout = None,
     network_timeout: NetworkTimeout = None,
@@ -807,7 +881,7 @@ def resume(
     codes: list[int] = []
     try:
         wanted = [_product_from_name(n) for n in products] if products else None
-        overrides = _transfer_overrides(retries, stall_timeout, network_timeout)
+        overrides = _transfer_overrides(retries, stall_timeout, network_timeout, jobs, limit_rate)
         with _reporting() as reporter:
             engine = _engine(reporter, **overrides)
             todo = engine.resumable_products(wanted)
@@ -816,12 +890,8 @@ def resume(
                 engine.check_store()
                 _say("nothing to resume")
                 return
-            for result in engine.resume(wanted, wait=not no_wait):
-                if result.error is not None:
-                    _print_error(_error_line(result.error.with_product(result.product.key)))
-                    codes.append(result.error.exit_code)
-                elif result.outcome is Outcome.DOWNLOADED_BY_OTHER:
-                    _say(f"{result.product.key}: downloaded by another process")
+            reporter.expect(len(todo))
+            engine.resume(wanted, wait=not no_wait, on_result=_result_printer(codes))
     except OfflineError as exc:
         _fail(exc)
     if codes:
