@@ -892,7 +892,7 @@ def batch_tools(
             jobs=j,
         ),
         BatchTool(
-            f"curl -Z --parallel-max {j}",
+            f"curl -Z --parallel-max {j} --parallel-immediate",
             lambda lst, out: [
                 "curl",
                 "-s",
@@ -900,6 +900,7 @@ def batch_tools(
                 "-Z",
                 "--parallel-max",
                 str(j),
+                "--parallel-immediate",  # N connections at once, not one then see (HTTP/2)
                 "-K",
                 str(lst.curl_config),
             ],
