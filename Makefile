@@ -12,10 +12,11 @@ $(BIN)/python:
 install: $(BIN)/python  ## create .venv and install offline-cli with its test tools
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 
-lint:  ## ruff, ruff format and mypy --strict
+lint:  ## ruff, ruff format, mypy --strict and the import contracts (pyproject.toml)
 	$(BIN)/ruff check offline_cli tests
 	$(BIN)/ruff format --check offline_cli tests
 	$(BIN)/mypy offline_cli
+	$(BIN)/lint-imports --no-cache
 
 unit:  ## the test suite without the lint step (a short chaos soak included)
 	$(BIN)/python -m pytest -q
@@ -39,4 +40,4 @@ run:  ## download URL=... into the store (make run URL=https://example.com/file)
 	$(BIN)/offline-cli offline '$(URL)'
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache *.egg-info

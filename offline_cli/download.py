@@ -12,7 +12,6 @@ import dataclasses
 import enum
 import os
 import stat
-import threading
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import datetime
@@ -42,9 +41,7 @@ from offline_cli.retry import RetryHooks, classify, execute
 from offline_cli.runtime import Cancel, RunInterrupted, Runtime
 
 if TYPE_CHECKING:
-    import httpx
-
-    from offline_cli.transfer import Checkpoint, Transfer, TransferResult
+    from offline_cli.transfer import Checkpoint, HttpClient, Transfer, TransferResult
 
 # How often progress is written to the database (and a cancel request is noticed).
 PROGRESS_PERSIST_INTERVAL_S = 0.5
@@ -108,7 +105,7 @@ class CoordinatedDownload:
 class Downloader:
     """Downloads, verifies and commits products; the caller holds each product's lock."""
 
-    def __init__(self, runtime: Runtime, client: Callable[[], httpx.Client]) -> None:
+    def __init__(self, runtime: Runtime, client: Callable[[], HttpClient]) -> None:
         self.rt = runtime
         self._client = client
 
@@ -162,7 +159,7 @@ class Downloader:
             )
         return dataclasses.replace(product, url=url, license_url=license_url)
 
-    def _resolve(self, product: MediaProduct, client: httpx.Client, cancel: Cancel) -> MediaProduct:
+    def _resolve(self, product: MediaProduct, client: HttpClient, cancel: Cancel) -> MediaProduct:
         """Fill in URLs from the playback-info source when the product has none."""
         if product.url is not None:
             return product
@@ -269,6 +266,7 @@ class Downloader:
                 from_source=from_source,
                 state=DownloadState.IN_PROGRESS,
             )
+            return entry  # as created: nothing else has touched it
         fresh = rt.store.get_download(entry.id)
         assert fresh is not None
         return fresh
@@ -335,7 +333,7 @@ class ProductRun(OfflineEngineListener):
         runtime: Runtime,
         product: MediaProduct,
         entry: DownloadEntry,
-        client: httpx.Client,
+        client: HttpClient,
         cancel: Cancel,
     ) -> None:
         self.rt = runtime
@@ -348,7 +346,9 @@ class ProductRun(OfflineEngineListener):
         self.sizes: dict[str, tuple[int, int | None]] = {}
         self.bytes_fetched = 0
         self.retries = 0
-        self._last_persist = 0.0
+        # From the start of the run: a download done within the interval never writes its
+        # progress (its commit says it all), which is most of a batch of small files.
+        self._last_persist = runtime.monotonic()
         self._last_notify = 0.0
         self._last_fraction = -1.0
         self._current: Transfer | None = None
@@ -444,6 +444,7 @@ class ProductRun(OfflineEngineListener):
             on_progress=lambda done, total: self._progress(part, done, total),
             check_stop=self._check_stop,
             throttle=(lambda n: self._wait(limiter.consume(n))) if limiter else None,
+            watch=rt.watchdog.every,
             disk_free=rt.disk_free,
             stall_timeout_s=rt.settings.stall_timeout,
             min_speed=rt.settings.min_speed,
@@ -536,31 +537,19 @@ class ProductRun(OfflineEngineListener):
         if current is not None:
             current.abort()
 
-    def _watch_for_cancel(self, stop: threading.Event) -> None:
-        """Thread: notice a delete from another process even when no byte arrives (a stall,
-        a slow server, progress persistence switched off), and keep cutting the transfer
-        short while the run is stopped (a request may start just after the first cut)."""
-        try:
-            while not stop.wait(PROGRESS_PERSIST_INTERVAL_S):
-                with suppress(DownloadError, RunInterrupted):
-                    self._poll_cancel()
-                if self.cancel.is_set():
-                    # Every tick, not once: the transfer running now may be a later one (the
-                    # media after the license) or a new request after the last was cut.
-                    current = self._current
-                    if current is not None:
-                        current.abort()
-        except OfflineError:  # pragma: no cover - the store failing: the main thread will see
-            return
-        finally:
-            self.rt.store.close()  # this thread's own connection
+    def _watch_for_cancel(self) -> None:
+        """On the watchdog: notice a delete from another process even when no byte arrives
+        (a stall, a slow server, progress persistence switched off), and keep cutting the
+        transfer short while the run is stopped (a request may start just after a cut)."""
+        with suppress(OfflineError, RunInterrupted):  # a failing store: the run will see
+            self._poll_cancel()
+        if self.cancel.is_set():
+            # Every tick, not once: the transfer running now may be a later one (the media
+            # after the license) or a new request after the last was cut.
+            self._abort_current()
 
     def run(self) -> None:
-        stop = threading.Event()
-        watch = threading.Thread(
-            target=self._watch_for_cancel, args=(stop,), name="cancel-watch", daemon=True
-        )
-        watch.start()
+        unwatch = self.rt.watchdog.every(PROGRESS_PERSIST_INTERVAL_S, self._watch_for_cancel)
         undo = self.cancel.on_set(self._abort_current)
         try:
             self._run()
@@ -569,8 +558,7 @@ class ProductRun(OfflineEngineListener):
             raise
         finally:
             undo()
-            stop.set()
-            watch.join()
+            unwatch()
 
     def _run(self) -> None:
         layout = self.rt.layout

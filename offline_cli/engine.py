@@ -59,15 +59,21 @@ from offline_cli.ownership import StoreFiles
 from offline_cli.paths import Layout, default_home, safe_remove, safe_remove_tree
 from offline_cli.ratelimit import RateLimiter
 from offline_cli.retry import RetryPolicy
-from offline_cli.runtime import Cancel, FaultHook, RunInterrupted, Runtime, no_faults
+from offline_cli.runtime import (
+    Cancel,
+    FaultHook,
+    RunInterrupted,
+    Runtime,
+    Watchdog,
+    no_faults,
+)
 from offline_cli.store import ProductRows, Store
 from offline_cli.telemetry import Telemetry
 
 if TYPE_CHECKING:
-    import httpx
-
     from offline_cli.maintenance import CleanupReport, DownloadHealthReport, ValidationResult
     from offline_cli.network import NetworkMonitor
+    from offline_cli.transfer import HttpClient, HttpTransport
 
 log = logging.getLogger("offline_cli")
 
@@ -116,7 +122,7 @@ class OfflineEngine:
         listener: OfflineEngineListener | None = None,
         *,
         settings: Settings | None = None,
-        transport: httpx.BaseTransport | None = None,
+        transport: HttpTransport | None = None,
         sleep: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -146,7 +152,7 @@ class OfflineEngine:
         self._store: Store | None = None
         self._runtime: Runtime | None = None
         self._maintenance_checked = False
-        self._http: httpx.Client | None = None
+        self._http: HttpClient | None = None
         self._setup_lock = threading.RLock()  # the client, runtime and maintenance, once
         # hosts that honour If-Range only with a date (transfer.py): shared by all products
         self.date_if_range_hosts: set[str] = set()
@@ -165,6 +171,9 @@ class OfflineEngine:
         self._running: set[Cancel] = set()
         self._running_lock = threading.Lock()
         self._stopping = threading.Event()
+        # One thread watches every download's cancel requests and header deadlines; its
+        # database connection is its own (closed as it ends).
+        self._watchdog = Watchdog(on_exit=self._close_thread_connection)
 
     # -- infrastructure -------------------------------------------------------------------
 
@@ -215,7 +224,11 @@ class OfflineEngine:
                     vault=self.vault,
                     files=StoreFiles(self.layout, store, self.foreign_paths),
                     locks=self.locks,
-                    telemetry=Telemetry(store, metrics=self.settings.enhanced_download_management),
+                    telemetry=Telemetry(
+                        store,
+                        metrics=self.settings.enhanced_download_management,
+                        monotonic=self._monotonic,
+                    ),
                     listener=self.listener,
                     policy=RetryPolicy(
                         retries=self.settings.retries if self.settings.download_retry else 0,
@@ -224,6 +237,7 @@ class OfflineEngine:
                         retry_after_max=self.settings.retry_after_max,
                     ),
                     network_monitor=self._monitor,
+                    watchdog=self._watchdog,
                     clock=self._clock,
                     monotonic=self._monotonic,
                     sleep=self._sleep,
@@ -250,7 +264,18 @@ class OfflineEngine:
         """Products whose database rows could not be read (and were skipped): key -> why."""
         return dict(self._store.bad_rows) if self._store is not None else {}
 
+    def flush_metrics(self) -> None:
+        """Write the metric rows still buffered (close does it too)."""
+        if self._runtime is not None:
+            self._runtime.telemetry.flush()
+
+    def _close_thread_connection(self) -> None:
+        if self._store is not None:
+            self._store.close()  # this thread's connection only (peewee's are per thread)
+
     def close(self) -> None:
+        self.flush_metrics()
+        self._watchdog.close()
         if self._http is not None:
             self._http.close()
             self._http = None
@@ -268,7 +293,7 @@ class OfflineEngine:
         """True when a live process (or another thread) holds the product's download lock."""
         return self.locks.is_running_elsewhere(product_key)
 
-    def _client(self) -> httpx.Client:
+    def _client(self) -> HttpClient:
         """One HTTP client per engine: connections and the TLS setup are shared by products
         (and by the threads of ``-j``: httpx's pool is thread-safe)."""
         with self._setup_lock:
@@ -276,7 +301,7 @@ class OfflineEngine:
                 self._http = self._new_client()
             return self._http
 
-    def _new_client(self) -> httpx.Client:
+    def _new_client(self) -> HttpClient:
         from offline_cli.transfer import make_client
 
         return make_client(
@@ -426,7 +451,10 @@ class OfflineEngine:
         Raises a DownloadError subclass when the download fails for good (the listener hears
         ``offlining_failed`` first).
         """
-        return self.offline_product(product) is Outcome.DOWNLOADED
+        try:
+            return self.offline_product(product) is Outcome.DOWNLOADED
+        finally:
+            self.flush_metrics()
 
     def offline_product(self, product: MediaProduct, *, wait: bool = True) -> Outcome:
         """Download one product in this thread (see ``offline_products`` for many)."""
@@ -512,11 +540,23 @@ class OfflineEngine:
             if on_result is not None:
                 on_result(result)
 
+        try:
+            self._offline_all(products, wait, done)
+        finally:
+            self.flush_metrics()
+        return [results[i] for i in sorted(results)]
+
+    def _offline_all(
+        self,
+        products: Sequence[MediaProduct],
+        wait: bool,
+        done: Callable[[int, ProductResult], None],
+    ) -> None:
         jobs = min(self.settings.jobs, len(products))
         if jobs <= 1:
             for index, product in enumerate(products):
                 done(index, self._offline_one(product, wait))
-            return [results[i] for i in sorted(results)]
+            return
         pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="offline-cli-download")
         futures: dict[Future[ProductResult], int] = {}
         try:
@@ -537,13 +577,11 @@ class OfflineEngine:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
-        return [results[i] for i in sorted(results)]
 
     def _offline_in_worker(self, product: MediaProduct, wait: bool) -> ProductResult:
-        try:
-            return self._offline_one(product, wait)
-        finally:
-            self.store.close()  # this worker thread's own database connection
+        # This worker's database connection stays open for its next product; it closes
+        # when the pool ends and the thread's state (peewee's connection) goes with it.
+        return self._offline_one(product, wait)
 
     def _offline_one(self, product: MediaProduct, wait: bool) -> ProductResult:
         try:
@@ -880,6 +918,7 @@ class OfflineEngine:
     def get_download_health(self, since_s: float | None = None) -> DownloadHealthReport:
         from offline_cli.maintenance import build_health_report
 
+        self.flush_metrics()
         return build_health_report(self.store, self._clock, since_s)
 
 

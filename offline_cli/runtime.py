@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,6 +98,66 @@ class Cancel:
         raise DownloadCancelled("cancelled: deleted by another process", product=product)
 
 
+class Watchdog:
+    """One thread for the periodic checks of every download of an engine (is a cancel
+    requested? are a response's headers overdue?), rather than a thread per download and
+    per request: with many small downloads at once, starting those threads cost more than
+    the checks."""
+
+    TICK_S = 0.05
+
+    def __init__(self, on_exit: Callable[[], None] = lambda: None) -> None:
+        self._on_exit = on_exit
+        self._checks: dict[int, tuple[float, Callable[[], None], list[float]]] = {}
+        self._next_id = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def every(self, interval_s: float, check: Callable[[], None]) -> Callable[[], None]:
+        """Run ``check`` about every ``interval_s`` until the returned callable is called."""
+        with self._lock:
+            self._next_id += 1
+            key = self._next_id
+            self._checks[key] = (interval_s, check, [time.monotonic() + interval_s])
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(
+                    target=self._run, name="offline-cli-watchdog", daemon=True
+                )
+                self._thread.start()
+
+        def cancel() -> None:
+            with self._lock:
+                self._checks.pop(key, None)
+
+        return cancel
+
+    def _run(self) -> None:
+        try:
+            stop = self._stop
+            while not stop.wait(self.TICK_S):
+                now = time.monotonic()
+                with self._lock:
+                    due = [(c, n, i) for i, c, n in self._checks.values() if n[0] <= now]
+                for check, next_at, interval in due:
+                    next_at[0] = now + interval
+                    # A failing check must not end the watch of every other download.
+                    with suppress(Exception):
+                        check()
+        finally:
+            self._on_exit()
+
+    def close(self) -> None:
+        """Stop the thread (it starts again at the next ``every``)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            self._stop.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        with self._lock:
+            self._stop = threading.Event()
+
+
 @dataclass(frozen=True)
 class Runtime:
     """Everything a product's run, cleanup and validation use, wired once by the engine.
@@ -115,6 +176,7 @@ class Runtime:
     listener: OfflineEngineListener
     policy: RetryPolicy
     network_monitor: Callable[[], NetworkMonitor]
+    watchdog: Watchdog
     clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] | None = None

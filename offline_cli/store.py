@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import math
 import os
 import shutil
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -222,7 +224,7 @@ def _resume_info(raw: Any) -> dict[str, dict[str, str | int | None]]:
     return info
 
 
-def _download_from_row(row: _DownloadRow) -> DownloadEntry:
+def _download_from_row(row: Any) -> DownloadEntry:
     """The entry of a row, or BadRow naming the first value that cannot be read."""
     try:
         return DownloadEntry(
@@ -258,7 +260,7 @@ def _download_from_row(row: _DownloadRow) -> DownloadEntry:
         raise BadRow(str(exc)) from None
 
 
-def _offlined_from_row(row: _OfflinedRow) -> OfflinedEntry:
+def _offlined_from_row(row: Any) -> OfflinedEntry:
     """The entry of a row, or BadRow naming the first value that cannot be read."""
     return OfflinedEntry(
         product_key=_text(row.product_key, "product_key"),
@@ -337,6 +339,43 @@ class _Tables:
 
 _Model = TypeVar("_Model", bound=peewee.Model)
 
+# The hot paths of a download (a few statements per product, many products a second with
+# -j) use fixed SQL over these columns: peewee builds each query anew, at about a millisecond
+# of Python work apiece. The models still define the schema and serve everything else.
+_DOWNLOAD_COLUMNS = tuple(f.column_name for f in _DownloadRow._meta.sorted_fields)
+_OFFLINED_COLUMNS = tuple(f.column_name for f in _OfflinedRow._meta.sorted_fields)
+# Each column's conversion from what SQLite holds, as peewee applies it (a number written as
+# text by an older release reads as the number; what does not convert is left as it is).
+_CONVERTERS = {
+    c: f.python_value
+    for model in (_DownloadRow, _OfflinedRow)
+    for c, f in zip(
+        (f.column_name for f in model._meta.sorted_fields), model._meta.sorted_fields, strict=True
+    )
+}
+_SELECT_DOWNLOAD = f"SELECT {', '.join(_DOWNLOAD_COLUMNS)} FROM download_entries"
+_METRIC_COLUMNS = (
+    "at",
+    "event",
+    "product_key",
+    "duration_s",
+    "bytes",
+    "error_kind",
+    "attempts",
+    "detail",
+)
+_SELECT_OFFLINED = f"SELECT {', '.join(_OFFLINED_COLUMNS)} FROM offlined_entries"
+
+
+class _Row:
+    """A row read by fixed SQL, with the attribute access the row parsers use."""
+
+    def __init__(self, columns: tuple[str, ...], values: tuple[Any, ...]) -> None:
+        self.__dict__.update((c, _CONVERTERS[c](v)) for c, v in zip(columns, values, strict=True))
+
+    def __getattr__(self, name: str) -> Any:  # only for mypy: every column is set
+        raise AttributeError(name)
+
 
 def _bind(model: type[_Model], db: peewee.SqliteDatabase) -> type[_Model]:
     meta = type("Meta", (), {"database": db, "table_name": model._meta.table_name})
@@ -367,6 +406,7 @@ class Store:
         self.bad_rows: dict[str, str] = {}
         self._db = self._database(busy_timeout_s, immutable=False)
         self._t = _Tables(self._db)
+        self._write_lock = threading.RLock()
         with self._errors():
             if read_only_reason is None:
                 self._open(busy_timeout_s)
@@ -581,7 +621,10 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        with self._errors(), self._db.atomic():
+        # One writer at a time within this process: threads queue on a Python lock, handed
+        # over at once, instead of in SQLite's busy handler, which sleeps up to 100 ms a
+        # turn. Other processes still wait in the busy handler (up to the busy timeout).
+        with self._write_lock, self._errors(), self._db.atomic():
             yield
 
     # -- schema -------------------------------------------------------------------------
@@ -798,7 +841,7 @@ class Store:
 
     # -- offlined entries ----------------------------------------------------------------
 
-    def _offlined(self, rows: Iterable[_OfflinedRow]) -> list[OfflinedEntry]:
+    def _offlined(self, rows: Iterable[Any]) -> list[OfflinedEntry]:
         rehome = self._layout.rehome
         return self._read_rows(
             rows,
@@ -810,7 +853,7 @@ class Store:
             ),
         )
 
-    def _downloads(self, rows: Iterable[_DownloadRow]) -> list[DownloadEntry]:
+    def _downloads(self, rows: Iterable[Any]) -> list[DownloadEntry]:
         rehome = self._layout.rehome
         return self._read_rows(
             rows,
@@ -839,10 +882,16 @@ class Store:
                 self.skip_bad_row(row.product_key, exc)
         return entries
 
-    def get_offlined(self, product_key: str) -> OfflinedEntry | None:
+    def _fetch(self, sql: str, params: tuple[Any, ...], columns: tuple[str, ...]) -> list[_Row]:
         with self._errors():
-            row = self._t.offlined.get_or_none(self._t.offlined.product_key == product_key)
-        found = self._offlined([row] if row else [])
+            rows = self._db.execute_sql(sql, params).fetchall()
+        return [_Row(columns, tuple(r)) for r in rows]
+
+    def get_offlined(self, product_key: str) -> OfflinedEntry | None:
+        rows = self._fetch(
+            f"{_SELECT_OFFLINED} WHERE product_key = ?", (product_key,), _OFFLINED_COLUMNS
+        )
+        found = self._offlined(rows)
         return found[0] if found else None
 
     def offlined_by_key(self) -> dict[str, OfflinedEntry]:
@@ -880,16 +929,22 @@ class Store:
 
         Returns the entry it replaced, whose files the caller removes afterwards.
         """
+        values = [getattr(entry, column) for column in _OFFLINED_COLUMNS]
+        values[_OFFLINED_COLUMNS.index("product_type")] = entry.product_type.value
         with self.transaction():
-            old_row = self._t.offlined.get_or_none(
-                self._t.offlined.product_key == entry.product_key
+            old_rows = self._fetch(
+                f"{_SELECT_OFFLINED} WHERE product_key = ?",
+                (entry.product_key,),
+                _OFFLINED_COLUMNS,
             )
             # A damaged old row is replaced all the same; its files are left to cleanup.
-            readable = self._offlined([old_row] if old_row else [])
+            readable = self._offlined(old_rows)
             old = readable[0] if readable else None
-            fields = {k: getattr(entry, k) for k in self._t.offlined._meta.fields}
-            fields["product_type"] = entry.product_type.value
-            self._t.offlined.replace(**fields).execute()
+            self._db.execute_sql(
+                f"INSERT OR REPLACE INTO offlined_entries ({', '.join(_OFFLINED_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(_OFFLINED_COLUMNS))})",
+                tuple(values),
+            )
             self.downloads.transition(
                 download_id,
                 DownloadState.COMPLETED,
@@ -907,34 +962,38 @@ class Store:
     # -- download entries (read side) ------------------------------------------------------
 
     def get_download(self, download_id: str) -> DownloadEntry | None:
-        with self._errors():
-            row = self._t.download.get_or_none(self._t.download.id == download_id)
-        found = self._downloads([row] if row else [])
+        rows = self._fetch(f"{_SELECT_DOWNLOAD} WHERE id = ?", (download_id,), _DOWNLOAD_COLUMNS)
+        found = self._downloads(rows)
         return found[0] if found else None
 
     def latest_download(self, product_key: str) -> DownloadEntry | None:
-        with self._errors():
-            row = (
-                self._t.download.select()
-                .where(self._t.download.product_key == product_key)
-                .order_by(self._t.download.created_at.desc(), peewee.SQL("rowid DESC"))
-                .first()
-            )
+        rows = self._fetch(
+            f"{_SELECT_DOWNLOAD} WHERE product_key = ? ORDER BY created_at DESC, rowid DESC "
+            "LIMIT 1",
+            (product_key,),
+            _DOWNLOAD_COLUMNS,
+        )
         # A damaged latest row hides the product's downloads rather than an older one
         # being taken for the latest (and resumed).
-        found = self._downloads([row] if row else [])
+        found = self._downloads(rows)
         return found[0] if found else None
 
     def list_downloads(
         self, states: Iterable[DownloadState] | None = None, product_key: str | None = None
     ) -> list[DownloadEntry]:
-        query = self._t.download.select().order_by(self._t.download.created_at)
+        where: list[str] = []
+        params: list[Any] = []
         if states is not None:
-            query = query.where(self._t.download.state.in_([s.value for s in states]))
+            values = [s.value for s in states]
+            where.append(f"state IN ({', '.join('?' * len(values))})")
+            params += values
         if product_key is not None:
-            query = query.where(self._t.download.product_key == product_key)
-        with self._errors():
-            rows = list(query)
+            where.append("product_key = ?")
+            params.append(product_key)
+        condition = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = self._fetch(
+            f"{_SELECT_DOWNLOAD}{condition} ORDER BY created_at", tuple(params), _DOWNLOAD_COLUMNS
+        )
         return self._downloads(rows)
 
     def delete_download(self, download_id: str) -> None:
@@ -1091,16 +1150,31 @@ class Store:
         attempts: int | None = None,
         detail: str | None = None,
     ) -> None:
+        self.record_events(
+            [
+                {
+                    "at": self.clock(),
+                    "event": event,
+                    "product_key": product_key,
+                    "duration_s": duration_s,
+                    "bytes": bytes,
+                    "error_kind": error_kind,
+                    "attempts": attempts,
+                    "detail": detail,
+                }
+            ]
+        )
+
+    def record_events(self, events: list[dict[str, Any]]) -> None:
+        """Record many metric events in one transaction (each a dict of metric columns)."""
+        if not events:
+            return
+        columns = _METRIC_COLUMNS
         with self.transaction():
-            self._t.metric.create(
-                at=self.clock(),
-                event=event,
-                product_key=product_key,
-                duration_s=duration_s,
-                bytes=bytes,
-                error_kind=error_kind,
-                attempts=attempts,
-                detail=detail,
+            self._db.execute_sql(
+                f"INSERT INTO metric_events ({', '.join(columns)}) VALUES "
+                + ", ".join(f"({', '.join('?' * len(columns))})" for _ in events),
+                tuple(e.get(c) for e in events for c in columns),
             )
 
     def events_since(self, since: float | None) -> list[MetricEvent]:
@@ -1146,6 +1220,15 @@ class Store:
             self._t.setting.replace(key=key, value=value).execute()
 
 
+def _sql_value(value: Any) -> Any:
+    """What sqlite3 stores for a value a model field would (enums by value, bools as 0/1)."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
 class DownloadStateManager:
     """The only writer of download entries: every state change goes through here.
 
@@ -1172,11 +1255,10 @@ class DownloadStateManager:
         from_source: bool = False,
         state: DownloadState = DownloadState.PENDING,
     ) -> DownloadEntry:
-        rows = self._store._t.download
         download_id = uuid.uuid4().hex
         now = self._store.clock()
         with self._store.transaction():
-            rows.create(
+            self._insert(
                 id=download_id,
                 product_key=product_key,
                 product_type=product_type.value,
@@ -1197,19 +1279,46 @@ class DownloadStateManager:
                 expected_size=expected_size,
                 license_expires_at=license_expires_at,
                 from_source=from_source,
+                bytes_done=0,
+                cancel_requested=False,
+                resume_info="{}",
             )
         entry = self._store.get_download(download_id)
         assert entry is not None
         return entry
 
+    def _insert(self, **values: Any) -> None:
+        columns = [c for c in values if c in _DOWNLOAD_COLUMNS]
+        self._store._db.execute_sql(
+            f"INSERT INTO download_entries ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' * len(columns))})",
+            tuple(_sql_value(values[c]) for c in columns),
+        )
+
+    def _update(self, download_id: str, values: dict[str, Any]) -> None:
+        """UPDATE one entry (inside a transaction); ``values`` are columns of the table."""
+        unknown = set(values) - set(_DOWNLOAD_COLUMNS)
+        if unknown:
+            raise ValueError(f"not a column of download_entries: {sorted(unknown)}")
+        self._store._db.execute_sql(
+            f"UPDATE download_entries SET {', '.join(f'{c} = ?' for c in values)} WHERE id = ?",
+            (*(_sql_value(v) for v in values.values()), download_id),
+        )
+
+    def _column(self, download_id: str, column: str) -> tuple[Any] | None:
+        assert column in _DOWNLOAD_COLUMNS
+        row = self._store._db.execute_sql(
+            f"SELECT {column} FROM download_entries WHERE id = ?", (download_id,)
+        ).fetchone()
+        return None if row is None else (row[0],)
+
     def transition(self, download_id: str, new_state: DownloadState, **fields: Any) -> None:
         """Move an entry to ``new_state`` (and set ``fields``), refusing illegal moves."""
-        rows = self._store._t.download
         with self._store.transaction():
-            row = rows.get_or_none(rows.id == download_id)
+            row = self._column(download_id, "state")
             if row is None:
                 raise IllegalTransition(f"download {download_id} does not exist")
-            old_state = DownloadState(row.state)
+            old_state = DownloadState(row[0])
             if old_state is not new_state and new_state not in ALLOWED_TRANSITIONS[old_state]:
                 raise IllegalTransition(
                     f"download {download_id}: {old_state.value} -> {new_state.value} is illegal"
@@ -1221,7 +1330,7 @@ class DownloadStateManager:
             if new_state is DownloadState.IN_PROGRESS:
                 values.setdefault("paused_at", None)
                 values.setdefault("owner_pid", os.getpid())
-            rows.update(**values).where(rows.id == download_id).execute()
+            self._update(download_id, values)
 
     def update_progress(
         self,
@@ -1231,7 +1340,6 @@ class DownloadStateManager:
         bytes_total: int | None,
     ) -> bool:
         """Record progress; returns True when another process asked to cancel."""
-        rows = self._store._t.download
         progress = min(1.0, bytes_done / bytes_total) if bytes_total else 0.0
         values: dict[str, Any] = {
             "bytes_done": bytes_done,
@@ -1240,23 +1348,26 @@ class DownloadStateManager:
             "updated_at": self._store.clock(),
         }
         with self._store.transaction():
-            rows.update(**values).where(rows.id == download_id).execute()
-            row = rows.get_or_none(rows.id == download_id)
-        return row is None or bool(row.cancel_requested)
+            self._update(download_id, values)
+            row = self._column(download_id, "cancel_requested")
+        return row is None or bool(row[0])
 
     def set_resume_info(
         self, download_id: str, resume_info: dict[str, dict[str, str | int | None]]
     ) -> None:
-        rows = self._store._t.download
         with self._store.transaction():
-            rows.update(resume_info=json.dumps(resume_info)).where(rows.id == download_id).execute()
+            self._update(download_id, {"resume_info": json.dumps(resume_info)})
 
     def set_attempts(self, download_id: str, attempts: int, last_error: str | None) -> None:
-        rows = self._store._t.download
         with self._store.transaction():
-            rows.update(
-                attempt_count=attempts, last_error=last_error, updated_at=self._store.clock()
-            ).where(rows.id == download_id).execute()
+            self._update(
+                download_id,
+                {
+                    "attempt_count": attempts,
+                    "last_error": last_error,
+                    "updated_at": self._store.clock(),
+                },
+            )
 
     def mark_failed(self, download_id: str, error: str, kind: ErrorKind, **fields: Any) -> None:
         self.transition(
@@ -1289,10 +1400,9 @@ class DownloadStateManager:
         return count
 
     def is_cancel_requested(self, download_id: str) -> bool:
-        rows = self._store._t.download
         with self._store._errors():
-            row = rows.get_or_none(rows.id == download_id)
-        return row is None or bool(row.cancel_requested)
+            row = self._column(download_id, "cancel_requested")
+        return row is None or bool(row[0])
 
     def active_downloads(self) -> list[DownloadEntry]:
         return self._store.list_downloads(

@@ -115,6 +115,12 @@ def parse_unsatisfied_range(value: str | None) -> int | None:
     return int(match.group(1))
 
 
+# The HTTP types other modules name (for their annotations only): httpx itself is imported
+# by the transport modules alone.
+HttpClient = httpx.Client
+HttpTransport = httpx.BaseTransport
+
+
 def disk_reserve(needed: int) -> int:
     """Bytes kept free beyond a download of ``needed`` bytes (see DISK_RESERVE_MIN_BYTES)."""
     return min(DISK_RESERVE_MAX_BYTES, max(DISK_RESERVE_MIN_BYTES, needed // 16))
@@ -293,6 +299,7 @@ class Transfer:
         on_progress: Callable[[int, int | None], None] = lambda done, total: None,
         check_stop: Callable[[], None] = lambda: None,
         throttle: Callable[[int], None] | None = None,
+        watch: Callable[[float, Callable[[], None]], Callable[[], None]] | None = None,
         disk_free: Callable[[Path], int] = lambda p: shutil.disk_usage(p).free,
         stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
         min_speed: float = DEFAULT_MIN_SPEED,
@@ -309,6 +316,9 @@ class Transfer:
         self.check_stop = check_stop
         # Called with each chunk's size before the next read (the shared --limit-rate).
         self.throttle = throttle
+        # Runs a check every so often until told to stop (the engine's one watchdog thread);
+        # without one, each request's header deadline gets a thread of its own.
+        self.watch = watch
         self.disk_free = disk_free
         self.stall_timeout_s = stall_timeout_s
         self.min_speed = min_speed
@@ -489,16 +499,18 @@ class Transfer:
         self._headers_overdue = False
         finished = threading.Event()
 
-        def watch() -> None:
-            while not finished.wait(HEADER_DEADLINE_POLL_S):
-                since = self._headers_awaited_since
-                if since is not None and self.monotonic() - since >= self.stall_timeout_s:
-                    self._headers_overdue = True
-                    self.abort()
-                    return
+        def check() -> None:
+            since = self._headers_awaited_since
+            if finished.is_set() or self._headers_overdue or since is None:
+                return
+            if self.monotonic() - since >= self.stall_timeout_s:
+                self._headers_overdue = True
+                self.abort()
 
-        watcher = threading.Thread(target=watch, name="header-deadline", daemon=True)
-        watcher.start()
+        if self.watch is not None:
+            stop_watching = self.watch(HEADER_DEADLINE_POLL_S, check)
+        else:
+            stop_watching = self._own_watch(check, finished)
         try:
             yield
         except httpx.HTTPError as exc:
@@ -511,8 +523,18 @@ class Transfer:
             ) from exc
         finally:
             finished.set()
-            watcher.join()
+            stop_watching()
             self._headers_awaited_since = None
+
+    @staticmethod
+    def _own_watch(check: Callable[[], None], finished: threading.Event) -> Callable[[], None]:
+        def watch() -> None:
+            while not finished.wait(HEADER_DEADLINE_POLL_S):
+                check()
+
+        watcher = threading.Thread(target=watch, name="header-deadline", daemon=True)
+        watcher.start()
+        return watcher.join
 
     def _trace(self, event: str, info: dict[str, Any]) -> None:
         """httpcore's trace hook: remember a new connection's stream as soon as it opens,

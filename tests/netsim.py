@@ -36,7 +36,8 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     stall_s: float = 5.0
     body: bytes | None = None  # the new body for "change"
-    # also "ignore_if_range": serve the range even when If-Range names another version
+    # also "ignore_if_range": serve the range even when If-Range names another version, and
+    # "hold": send nothing at all (not even a status line) for stall_s, then hang up
 
 
 @dataclass
@@ -177,6 +178,11 @@ class NetSim:
                 status = 206
         if fault is not None and fault.kind == "status":
             self._simple(req, path, fault.status, b"fault", fault.headers, range_header)
+            return
+        if fault is not None and fault.kind == "hold":
+            # Answer nothing (no status line) for stall_s, then hang up.
+            time.sleep(fault.stall_s)
+            req.close_connection = True
             return
         if fault is not None and fault.kind == "wrong_offset" and status == 206:
             start = max(0, start - 100)

@@ -1,4 +1,5 @@
-"""Helpers for tests that run offline-cli as real processes: spawn, signal, inspect the store.
+"""Helpers for tests that run offline-cli as real processes: spawn, signal, crash at a named
+point of a download, inspect the store.
 
 Every child is tracked and killed in ``Procs.close()``; the store is read with plain sqlite3
 (never through the engine), so inspecting it cannot change it.
@@ -7,16 +8,23 @@ Every child is tracked and killed in ``Procs.close()``; the store is read with p
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from offline_cli import MediaProduct
 
 CLI = [sys.executable, "-m", "offline_cli"]
+# The checkout, so a child can import this module (``kill9_child``) whatever its cwd.
+ROOT = Path(__file__).resolve().parents[1]
 # A bound on any one command; a healthy one takes a second or two.
 COMMAND_TIMEOUT_S = 60.0
 
@@ -64,13 +72,35 @@ class Procs:
         return env
 
     def spawn(self, *args: str) -> Child:
+        """``offline-cli ARGS`` on this home."""
+        return self._start([*CLI, *args], self.env())
+
+    def spawn_crash(self, product: MediaProduct, at: CrashAt) -> Child:
+        """A child that downloads ``product`` on this home through ``OfflineEngine`` with a
+        fault hook that SIGKILLs the child at ``at`` (see ``kill9_child``)."""
+        spec = {
+            "home": str(self.home),
+            "at": asdict(at),
+            "product": {
+                "type": product.product_type.value,
+                "id": product.product_id,
+                "url": product.url,
+                "license_url": product.license_url,
+            },
+        }
+        code = "import sys; from tests.procutil import kill9_child; kill9_child(sys.argv[1])"
+        env = self.env()
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+        return self._start([sys.executable, "-c", code, json.dumps(spec)], env)
+
+    def _start(self, argv: list[str], env: dict[str, str]) -> Child:
         self._count += 1
         out_path = self.workdir / f"proc{self._count}.out"
         err_path = self.workdir / f"proc{self._count}.err"
         with out_path.open("wb") as out, err_path.open("wb") as err:
             popen = subprocess.Popen(
-                [*CLI, *args],
-                env=self.env(),
+                argv,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
@@ -180,3 +210,67 @@ def stored_media(home: Path, key: str) -> bytes | None:
 def integrity(home: Path) -> str:
     rows = query(home, "PRAGMA integrity_check")
     return str(next(iter(rows[0].values())))
+
+
+# -- crashing a download at a named point (OfflineEngine's fault_hook) -----------------------
+
+
+@dataclass(frozen=True)
+class CrashAt:
+    """A point of a download where a fault hook stops it (see offline_cli.runtime.FaultHook),
+    and what must hold there: ``part`` ("license" or "media") is the part at hand, ``done``
+    at least that many bytes of it are written (a "progress" point), ``etag`` the validators
+    just saved name that version (a "checkpoint" point)."""
+
+    point: str
+    part: str | None = None
+    done: int | None = None
+    etag: str | None = None
+
+    def reached(self, point: str, info: dict[str, Any]) -> bool:
+        if point != self.point:
+            return False
+        if self.part is not None and info.get("part") != self.part:
+            return False
+        if self.done is not None and int(info.get("done", -1)) < self.done:
+            return False
+        return self.etag is None or info.get("etag") == self.etag
+
+
+def part_bytes(home: Path, part: str | None) -> int:
+    """Bytes on disk of the partial files of ``part`` ("media", "license"; None: all)."""
+    if part is None:
+        return partial_bytes(home)
+    total = 0
+    for path in partial_files(home):
+        if path.name.endswith(f".{part}.part"):
+            with contextlib.suppress(FileNotFoundError):
+                total += path.stat().st_size
+    return total
+
+
+def kill9_child(spec_json: str) -> None:
+    """The body of a ``Procs.spawn_crash`` child: download one product with a fault hook
+    that sends this process SIGKILL at the point, so no handler, ``finally`` or flush runs.
+
+    A killed process loses what its file buffer held: at a "progress" point it dies only
+    once ``done`` bytes are on disk, so the test knows how many survive. A download that
+    ends without reaching the point exits 1, saying so.
+    """
+    from offline_cli import MediaProduct, OfflineEngine, ProductType
+
+    spec = json.loads(spec_json)
+    home = Path(spec["home"])
+    at = CrashAt(**spec["at"])
+    item = spec["product"]
+    product = MediaProduct(
+        ProductType(item["type"]), item["id"], url=item["url"], license_url=item["license_url"]
+    )
+
+    def die_there(point: str, **info: Any) -> None:
+        if at.reached(point, info) and (at.done is None or part_bytes(home, at.part) >= at.done):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    with OfflineEngine(home, fault_hook=die_there) as engine:
+        engine.offline(product)
+    sys.exit(f"the download of {product.key} ended without reaching {at}")

@@ -268,6 +268,7 @@ def test_flag_download_retry_off_fails_at_first_error(make_engine, sim) -> None:
     engine = make_engine(download_retry=False)
     with pytest.raises(ServerError):
         engine.offline(MediaProduct(ProductType.TRACK, "1", url=sim.url("/r")))
+    assert sim.wait_idle()  # the server logs a request once it has finished sending it
     assert len(sim.requests("/r")) == 1
 
 
@@ -288,13 +289,12 @@ def test_flag_network_aware_off_does_not_pause(make_engine, clock) -> None:
     sim.add("/n", Resource(BODY, faults=[Fault("cut", at=50_000)]))
     url = sim.url("/n")
     listener = RecordingListener()
-    engine = make_engine(listener, retries=1, network_aware_downloads=False)
 
     def stop_server(_seconds: float) -> None:
         sim.stop()  # the host goes away before the retry
         clock.now += _seconds
 
-    engine._sleep = stop_server
+    engine = make_engine(listener, retries=1, network_aware_downloads=False, sleep=stop_server)
     with pytest.raises(NetworkError):
         engine.offline(MediaProduct(ProductType.TRACK, "1", url=url))
     assert "paused" not in listener.names()
@@ -466,5 +466,6 @@ def test_disk_full_fails_at_once_with_the_sizes(cli, make_engine, sim, home) -> 
         "not enough disk space: need 200.0 kB plus 262.1 kB kept free so the database can "
         "record the download, 100.0 kB free"
     ) in str(caught.value)
+    assert sim.wait_idle()
     assert len(sim.requests("/big")) == 1  # permanent: no retry
     assert list((home / "partial").iterdir()) == []

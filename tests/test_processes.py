@@ -2,8 +2,10 @@
 cleanup across processes, and crashes inside the commit window.
 
 Every child runs ``python -m offline_cli`` on a temporary home against a loopback NetSim that
-serves throttled bodies, so a download is mid-flight when the test acts. Tests wait for
-conditions by polling (``wait_for``), never by fixed sleeps, and kill every child in teardown.
+serves throttled bodies, so a download is mid-flight when the test acts; a crash at an exact
+point is a child whose engine's fault hook SIGKILLs it there (``Procs.spawn_crash``). No test
+patches a private name. Tests wait for conditions by polling (``wait_for``), never by fixed
+sleeps, and kill every child in teardown.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import pytest
 from filelock import FileLock
 
 from offline_cli import MediaProduct, OfflineEngine, ProductType
-from offline_cli.download import ProductRun as _ProductRun
+from offline_cli.runtime import FaultHook
 from offline_cli.store import Store
 from tests.netsim import Fault, NetSim, Resource, wait_for
 from tests.procutil import (
+    CrashAt,
     Procs,
     download_state,
     downloads,
@@ -383,15 +386,33 @@ def test_cleanup_leaves_a_live_download_alone(sim: NetSim, procs: Procs, home: P
 
 
 # -- crashes inside the commit window, made deterministic ------------------------------------------
+#
+# The engine's public fault hook stops a download at a named point. "interrupt": Ctrl-C in this
+# process (the hook raises KeyboardInterrupt; the engine saves the download as PAUSED).
+# "kill9": a child process SIGKILLs itself there, so no handler runs and the entry keeps
+# saying IN_PROGRESS. Either way, `resume` must finish the download from what is on disk.
 
 
-class _Crash(BaseException):
-    """Stands for the process dying: a BaseException nothing in the engine handles."""
+def _interrupt_at(at: CrashAt) -> FaultHook:
+    def hook(point: str, **info: Any) -> None:
+        if at.reached(point, info):
+            raise KeyboardInterrupt
+
+    return hook
 
 
-def _crash_like_kill9(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A killed process runs no handler: the entry keeps saying IN_PROGRESS."""
-    monkeypatch.setattr(OfflineEngine, "_pause_after_interrupt", lambda *a, **k: None)
+def _crash(procs: Procs, home: Path, product: MediaProduct, at: CrashAt, how: str) -> None:
+    """Stop the download of ``product`` at ``at``, in this process or by a real kill -9."""
+    if how == "interrupt":
+        engine = OfflineEngine(home, fault_hook=_interrupt_at(at))
+        with engine, pytest.raises(KeyboardInterrupt):
+            engine.offline(product)
+        assert download_state(home, product.key) == "PAUSED"
+    else:
+        child = procs.spawn_crash(product, at)
+        assert child.wait() == -signal.SIGKILL, child.stderr()
+        # a killed process runs no handler: its owner is gone without a word
+        assert download_state(home, product.key) == "IN_PROGRESS"
 
 
 def _product(sim: NetSim, with_license: bool) -> MediaProduct:
@@ -406,38 +427,18 @@ def _product(sim: NetSim, with_license: bool) -> MediaProduct:
 @pytest.mark.parametrize("how", ["interrupt", "kill9"])
 @pytest.mark.parametrize("with_license", [False, True])
 def test_crash_after_renames_before_database_commit(
-    sim: NetSim,
-    procs: Procs,
-    home: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    how: str,
-    with_license: bool,
+    sim: NetSim, procs: Procs, home: Path, how: str, with_license: bool
 ) -> None:
     body = os.urandom(300_000)
     sim.add("/media", Resource(body))
     sim.add("/license", Resource(LICENSE))
     product = _product(sim, with_license)
-    error: type[BaseException] = KeyboardInterrupt if how == "interrupt" else _Crash
-    if how == "kill9":
-        _crash_like_kill9(monkeypatch)
 
-    def commit_then_die(self: Store, *args: object, **kwargs: object) -> None:
-        raise error()
-
-    with monkeypatch.context() as patch:
-        patch.setattr(Store, "commit_product", commit_then_die)
-        engine = OfflineEngine(home)
-        try:
-            with pytest.raises(error):
-                engine.offline(product)
-        finally:
-            engine.close()
+    _crash(procs, home, product, CrashAt("files_moved"), how)
     # the files are at their final names, the database never heard of it
     assert partial_files(home) == []
     assert len(store_files(home)) == (2 if with_license else 1)
     assert offlined(home, "video:7") is None
-    expected_state = "PAUSED" if how == "interrupt" else "IN_PROGRESS"
-    assert download_state(home, "video:7") == expected_state
 
     assert sim.wait_idle()
     sent = sim.bytes_sent("/media") + sim.bytes_sent("/license")
@@ -452,33 +453,17 @@ def test_crash_after_renames_before_database_commit(
         assert Path(row["license_path"]).read_bytes() == LICENSE
 
 
-def test_crash_between_the_two_renames(
-    sim: NetSim, procs: Procs, home: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_crash_between_the_two_renames(sim: NetSim, procs: Procs, home: Path) -> None:
     body = os.urandom(300_000)
     sim.add("/media", Resource(body))
     sim.add("/license", Resource(LICENSE))
     product = _product(sim, with_license=True)
-    _crash_like_kill9(monkeypatch)
-    real_replace = os.replace
-    calls: list[str] = []
 
-    def replace_once_then_die(src: Any, dst: Any) -> None:
-        calls.append(str(dst))
-        if len(calls) > 1:
-            raise _Crash()
-        real_replace(src, dst)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(os, "replace", replace_once_then_die)
-        engine = OfflineEngine(home)
-        try:
-            with pytest.raises(_Crash):
-                engine.offline(product)
-        finally:
-            engine.close()
-    assert calls[0].endswith(".license")  # the license moved, the media did not
+    _crash(procs, home, product, CrashAt("license_moved"), "kill9")
+    # the license moved, the media did not
+    assert [Path(p).name.endswith(".license") for p in store_files(home)] == [True]
     assert [p.name.endswith(".media.part") for p in partial_files(home)] == [True]
+    assert offlined(home, "video:7") is None
 
     assert sim.wait_idle()
     sent = sim.bytes_sent("/media") + sim.bytes_sent("/license")
@@ -492,31 +477,13 @@ def test_crash_between_the_two_renames(
 
 
 @pytest.mark.parametrize("how", ["interrupt", "kill9"])
-def test_crash_between_license_and_media(
-    sim: NetSim, procs: Procs, home: Path, monkeypatch: pytest.MonkeyPatch, how: str
-) -> None:
+def test_crash_between_license_and_media(sim: NetSim, procs: Procs, home: Path, how: str) -> None:
     body = os.urandom(600_000)
     sim.add("/media", Resource(body))
     sim.add("/license", Resource(LICENSE))
     product = _product(sim, with_license=True)
-    error: type[BaseException] = KeyboardInterrupt if how == "interrupt" else _Crash
-    if how == "kill9":
-        _crash_like_kill9(monkeypatch)
-    real_progress = _ProductRun._progress
 
-    def progress_then_die(self: _ProductRun, part: str, done: int, total: int | None) -> None:
-        real_progress(self, part, done, total)
-        if part == "media" and done >= 200_000:
-            raise error()
-
-    with monkeypatch.context() as patch:
-        patch.setattr(_ProductRun, "_progress", progress_then_die)
-        engine = OfflineEngine(home)
-        try:
-            with pytest.raises(error):
-                engine.offline(product)
-        finally:
-            engine.close()
+    _crash(procs, home, product, CrashAt("progress", part="media", done=200_000), how)
     # license complete, media partial, nothing committed
     parts = {p.name.split(".", 1)[1]: p.stat().st_size for p in partial_files(home)}
     assert parts["license.part"] == len(LICENSE)
@@ -537,7 +504,7 @@ def test_crash_between_license_and_media(
 
 
 def test_crash_right_after_a_restart_is_recorded_never_mixes_versions(
-    sim: NetSim, procs: Procs, home: Path, monkeypatch: pytest.MonkeyPatch
+    sim: NetSim, procs: Procs, home: Path
 ) -> None:
     """The file changed on the server: the retry got the whole new file (200) and recorded
     its validators; a crash before the first new byte must not leave old bytes on disk
@@ -545,46 +512,14 @@ def test_crash_right_after_a_restart_is_recorded_never_mixes_versions(
     old_body, new_body = os.urandom(400_000), os.urandom(400_000)
     sim.add("/media", Resource(old_body))
     product = _product(sim, with_license=False)
-    _crash_like_kill9(monkeypatch)
-    real_progress = _ProductRun._progress
 
-    def progress_then_die(self: _ProductRun, part: str, done: int, total: int | None) -> None:
-        real_progress(self, part, done, total)
-        if done >= 150_000:
-            raise _Crash()
-
-    with monkeypatch.context() as patch:
-        patch.setattr(_ProductRun, "_progress", progress_then_die)
-        engine = OfflineEngine(home)
-        try:
-            with pytest.raises(_Crash):
-                engine.offline(product)
-        finally:
-            engine.close()
+    _crash(procs, home, product, CrashAt("progress", done=150_000), "kill9")
     [partial] = partial_files(home)
     assert partial.stat().st_size >= 150_000
 
     new = sim.add("/media", Resource(new_body, last_modified="Thu, 22 Oct 2026 07:28:00 GMT"))
-    real_saver = _ProductRun._checkpoint_saver
-
-    def saver_then_die(self: _ProductRun, part: str) -> Callable[[Any], None]:
-        save = real_saver(self, part)
-
-        def save_then_die(checkpoint: Any) -> None:
-            save(checkpoint)
-            if checkpoint.etag == new.etag:
-                raise _Crash()  # the new validators are stored, no new byte written yet
-
-        return save_then_die
-
-    with monkeypatch.context() as patch:
-        patch.setattr(_ProductRun, "_checkpoint_saver", saver_then_die)
-        engine = OfflineEngine(home)
-        try:
-            with pytest.raises(_Crash):
-                engine.offline(product)
-        finally:
-            engine.close()
+    # the new validators are stored, no new byte written yet
+    _crash(procs, home, product, CrashAt("checkpoint", part="media", etag=new.etag), "kill9")
 
     result = procs.run("resume")
     assert result.returncode == 0, result.stderr

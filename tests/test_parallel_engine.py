@@ -1,0 +1,157 @@
+"""Many downloads at once in one engine: workers, one cancel signal per run, interrupts,
+and transfers that share the HTTP client's connections without cutting each other's."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from offline_cli.errors import DownloadCancelled, HTTPStatusError
+from offline_cli.models import DownloadState, MediaProduct, ProductType
+from offline_cli.store import Store
+from tests.conftest import RecordingListener
+from tests.netsim import Fault, NetSim, Resource, wait_for
+
+SIZE = 400_000
+
+
+class ThreadsListener(RecordingListener):
+    """Records which thread each callback came from, and the bytes each product has."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: set[str] = set()
+        self.bytes: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def offlining_bytes(self, product: MediaProduct, done: int, total: int | None) -> None:
+        with self._lock:
+            self.bytes[product.key] = done
+            self.threads.add(threading.current_thread().name)
+
+    def offlining_retrying(self, product: MediaProduct, *args: Any) -> None:
+        with self._lock:
+            self.events.append(("retrying", product.key))
+
+
+# Tests that watch progress while it happens use the real monotonic clock: the listener hears
+# bytes at most every 0.1 s of it (the fake clock of make_engine never moves on its own).
+
+
+def _product(sim: NetSim, name: str) -> MediaProduct:
+    return MediaProduct(ProductType.FILE, name, url=sim.url(f"/{name}"))
+
+
+def _run_in_thread(target: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["results"] = target()
+        except BaseException as exc:
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_a_failing_product_never_stops_the_others_and_results_keep_the_order(
+    make_engine, sim: NetSim
+) -> None:
+    bodies = {name: bytes([i]) * 50_000 for i, name in enumerate(["a", "b", "c", "d"])}
+    for name, body in bodies.items():
+        if name != "b":
+            sim.add(f"/{name}", Resource(body))
+    listener = ThreadsListener()
+    engine = make_engine(listener, jobs=3, monotonic=time.monotonic)
+    products = [_product(sim, name) for name in bodies]
+
+    results = engine.offline_products(products)
+
+    assert [r.product.key for r in results] == [p.key for p in products]
+    assert isinstance(results[1].error, HTTPStatusError)
+    assert [r.error for r in results if r.product.key != "file:b"] == [None, None, None]
+    for name in ("a", "c", "d"):
+        assert engine.get_offline_state(_product(sim, name)).name == "OFFLINED_AND_VALID"
+    # callbacks came from the workers, not from the calling thread
+    assert listener.threads and all(t.startswith("offline-cli-download") for t in listener.threads)
+
+
+def test_cancelling_one_download_never_cuts_another_on_the_same_host(
+    make_engine, sim: NetSim, home: Path
+) -> None:
+    """Downloads share the client's connections to a host: the cancel of one (a delete
+    from another process) shuts down only its own connection, even while it is still
+    waiting for its response headers."""
+    sim.add("/held", Resource(b"h" * SIZE, faults=[Fault("hold", stall_s=4)]))
+    sim.add("/busy", Resource(b"b" * SIZE, rate=400_000))
+    listener = ThreadsListener()
+    engine = make_engine(listener, jobs=2, monotonic=time.monotonic)
+    held, busy = _product(sim, "held"), _product(sim, "busy")
+    thread, out = _run_in_thread(lambda: engine.offline_products([held, busy]))
+    assert wait_for(lambda: listener.bytes.get(busy.key, 0) > 50_000, 10)
+    assert wait_for(lambda: len(sim.requests("/held")) == 0 and sim.active == 2, 10)
+
+    other_process = Store(home / "offline.db")
+    try:
+        assert other_process.downloads.request_cancel(held.key) == 1
+    finally:
+        other_process.close()
+    thread.join(30)
+    assert not thread.is_alive()
+    held_result, busy_result = out["results"]
+    assert isinstance(held_result.error, DownloadCancelled)
+    assert busy_result.error is None
+    assert ("retrying", busy.key) not in listener.events  # its connection was never cut
+    assert wait_for(lambda: len(sim.requests("/busy")) >= 1, 10)
+    assert [s.range for s in sim.requests("/busy")] == [None]  # one request, never resumed
+
+
+def test_interrupt_pauses_every_running_download_and_starts_no_other(
+    make_engine, sim: NetSim, home: Path
+) -> None:
+    names = ["p1", "p2", "p3", "p4", "p5"]
+    for name in names:
+        sim.add(f"/{name}", Resource(name.encode() * (SIZE // 2), rate=200_000))
+    listener = ThreadsListener()
+    engine = make_engine(listener, jobs=3, monotonic=time.monotonic)
+    products = [_product(sim, name) for name in names]
+    thread, out = _run_in_thread(lambda: engine.offline_products(products))
+    assert wait_for(lambda: sum(1 for v in listener.bytes.values() if v > 20_000) == 3, 10)
+
+    engine.interrupt()
+    thread.join(30)
+    assert not thread.is_alive()
+
+    results = out["results"]
+    assert [type(r.error).__name__ for r in results] == ["DownloadInterrupted"] * 5, results
+    states = {p.key: engine.store.latest_download(p.key) for p in products}
+    running = [k for k, e in states.items() if e is not None]
+    assert len(running) == 3  # the two queued ones never started
+    for key in running:
+        entry = states[key]
+        assert entry is not None and entry.state is DownloadState.PAUSED
+    partials = list((home / "partial").iterdir())
+    assert len(partials) == 3 and all(p.stat().st_size > 0 for p in partials)
+
+    resumed = make_engine(jobs=3).resume()
+    assert sorted(r.product.key for r in resumed) == sorted(running)
+    assert all(r.error is None for r in resumed)
+
+
+@pytest.mark.parametrize("jobs", [1, 4])
+def test_rate_limit_is_shared_not_per_download(make_engine, sim: NetSim, jobs: int) -> None:
+    """Each download's share of a small budget is never mistaken for a stall (the speed
+    floor is lowered under a limit), whatever the number of jobs."""
+    names = ["r1", "r2", "r3", "r4"]
+    for name in names:
+        sim.add(f"/{name}", Resource(name.encode() * 8_000))
+    engine = make_engine(jobs=jobs, limit_rate=4096, min_speed=1024)
+    effective = engine.runtime.settings
+    assert effective.min_speed <= 4096 // (2 * jobs)
+    assert engine.runtime.limiter is not None and engine.runtime.limiter.rate == 4096
