@@ -26,7 +26,7 @@ test: lint unit  ## everything CI runs
 soak:  ## the long chaos soak (200 randomized trials)
 	SOAK_TRIALS=$${SOAK_TRIALS:-200} $(BIN)/python -m pytest -q -m slow -s tests/test_soak.py
 
-bench:  ## speed and memory against curl, wget, aria2c and a Python baseline
+bench:  ## speed and memory against curl, wget, aria2c and a Python baseline (BENCH_CASES=many,throttled: some)
 	$(BIN)/python bench/run.py
 
 completions:  ## regenerate the shell completion scripts

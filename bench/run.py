@@ -12,6 +12,12 @@ Sections:
                  and the slowest imports of ``offline_cli.cli`` (python -X importtime)
   4. resume      SIGKILL half-way through a rate-limited download, then ``resume``: bytes
                  fetched again beyond the missing part (server-side byte count)
+  5. many        1000 x 16 KiB from one ``-i`` list with ``-j 8`` (and ``-j 1``) vs
+                 ``aria2c -j 8 -i``, ``curl -Z --parallel-max 8`` and ``wget -i``
+  6. throttled   24 x 1 MB from a server capped at 500 kB/s per connection: ``-j 8`` and
+                 ``-j 1`` against the ideal time (and aria2c, curl with 8 connections)
+
+BENCH_CASES=many,throttled (comma-separated section names) is the same as ``--only`` for each.
 """
 
 from __future__ import annotations
@@ -814,7 +820,349 @@ def bench_resume(args: argparse.Namespace, tmp: Path, config: Path, report: Repo
         report.note(f"resumed product is {state}, sha256 match: {intact}")
 
 
+# -- 5 + 6: many products at once (-j) -------------------------------------------------------
+
+
+def jobs_option_supported() -> bool:
+    """True when ``offline`` takes ``-j/--jobs`` (else the ``OFFLINE_CLI_JOBS`` setting)."""
+    help_text = run([*OFFLINE_CLI, "offline", "--help"]).stdout
+    return "--jobs" in help_text
+
+
+@dataclass
+class BatchTool:
+    """A command that downloads every URL of one list (``BatchList``) into a folder."""
+
+    name: str
+    argv: Callable[[BatchList, Path], list[str]]  # (list, output folder) -> command
+    env: dict[str, str] | None = None
+    home: Path | None = None  # offline-cli: a fresh home per run
+    jobs: int | None = None  # the parallelism asked for (for the ideal time)
+
+
+@dataclass
+class BatchList:
+    """N URLs (distinct files, so every tool writes N distinct names) and the same as a curl
+    config of url/output pairs pointing into ``out``."""
+
+    urls: list[str]
+    url_file: Path
+    curl_config: Path
+
+    @classmethod
+    def write(cls, urls: list[str], folder: Path, name: str, out: Path) -> BatchList:
+        url_file = folder / f"{name}.txt"
+        url_file.write_text("".join(u + "\n" for u in urls))
+        curl_config = folder / f"{name}.curlrc"
+        curl_config.write_text(
+            "".join(f'url = "{u}"\noutput = "{out / u.rsplit("/", 1)[-1]}"\n' for u in urls)
+        )
+        return cls(urls, url_file, curl_config)
+
+
+def batch_tools(
+    args: argparse.Namespace,
+    tmp: Path,
+    config: Path,
+    report: Report,
+    case: str,
+    *,
+    with_wget: bool,
+    cli_jobs: Sequence[int],
+) -> list[BatchTool]:
+    """The references (a note for each one missing) and offline-cli with each of ``cli_jobs``."""
+    j = args.jobs
+    tools = [
+        BatchTool(
+            f"aria2c -j {j}",
+            lambda lst, out: [
+                "aria2c",
+                "-q",
+                "-j",
+                str(j),
+                "--max-connection-per-server=1",
+                "--split=1",
+                "--allow-overwrite=true",
+                "--auto-file-renaming=false",
+                "-d",
+                str(out),
+                "-i",
+                str(lst.url_file),
+            ],
+            jobs=j,
+        ),
+        BatchTool(
+            f"curl -Z --parallel-max {j} --parallel-immediate",
+            lambda lst, out: [
+                "curl",
+                "-s",
+                "--fail",
+                "-Z",
+                "--parallel-max",
+                str(j),
+                "--parallel-immediate",  # N connections at once, not one then see (HTTP/2)
+                "-K",
+                str(lst.curl_config),
+            ],
+            jobs=j,
+        ),
+    ]
+    if with_wget:
+        tools.append(
+            BatchTool(
+                "wget -i (one connection)",
+                lambda lst, out: ["wget", "-q", "-P", str(out), "-i", str(lst.url_file)],
+                jobs=1,
+            )
+        )
+    available = []
+    for tool in tools:
+        exe = tool.name.split()[0]
+        if shutil.which(exe) is None:
+            hint = " (apt-get install -y aria2)" if exe == "aria2c" else ""
+            report.note(f"{case}: {exe} not installed: skipped{hint}")
+            continue
+        available.append(tool)
+    use_option = jobs_option_supported()
+    for jobs in cli_jobs:
+        home = tmp / f"home-{case}-j{jobs}"
+        env = cli_env(home, config)
+        jobs_args: list[str] = []
+        if use_option:
+            jobs_args = ["-j", str(jobs)]
+        else:
+            env["OFFLINE_CLI_JOBS"] = str(jobs)
+
+        def argv(lst: BatchList, out: Path, jobs_args: list[str] = jobs_args) -> list[str]:
+            return [*OFFLINE_CLI, "-q", "offline", *jobs_args, "-i", str(lst.url_file)]
+
+        available.append(BatchTool(f"offline-cli -j {jobs}", argv, env=env, home=home, jobs=jobs))
+    report.data.setdefault("jobs_passed_as", "-j" if use_option else "OFFLINE_CLI_JOBS")
+    return available
+
+
+def batch_once(tool: BatchTool, lst: BatchList, out: Path, size: int) -> Run:
+    """One timed run of ``tool`` over ``lst`` into clean places; checks that every URL gave
+    one file of ``size`` bytes."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    if tool.home is not None:
+        shutil.rmtree(tool.home, ignore_errors=True)
+    result = run(tool.argv(lst, out), env=tool.env, measure_rss=True, timeout=900).check()
+    folder = tool.home / "store" if tool.home is not None else out
+    sizes = [p.stat().st_size for p in folder.rglob("*") if p.is_file()]
+    good = sum(s == size for s in sizes)
+    if tool.home is not None:
+        shutil.rmtree(tool.home, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    if good != len(lst.urls) or len(sizes) != len(lst.urls):
+        raise BenchError(
+            f"{tool.name} wrote {len(sizes)} files, {good} of {size} bytes; "
+            f"expected {len(lst.urls)}"
+        )
+    return result
+
+
+def serve_files(folder: Path, count: int, size: int, prefix: str) -> list[str]:
+    """``count`` distinct random files of ``size`` bytes in ``folder``; their names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    width = len(str(count - 1))
+    names = [f"{prefix}{i:0{width}d}.bin" for i in range(count)]
+    for name in names:
+        if size >= MB:
+            write_random_file(folder / name, size)
+        else:
+            (folder / name).write_bytes(os.urandom(size))
+    return names
+
+
+def timed_rounds(
+    tools: Sequence[BatchTool], lst: BatchList, out: Path, size: int, repeat: int, label: str
+) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
+    walls: dict[str, list[float]] = {t.name: [] for t in tools}
+    rss: dict[str, list[int]] = {t.name: [] for t in tools}
+    for rep in range(repeat):
+        for tool in tools:  # interleaved, so drift hits every tool alike
+            progress(f"{label}: round {rep + 1}/{repeat}: {tool.name}")
+            r = batch_once(tool, lst, out, size)
+            walls[tool.name].append(r.wall_s)
+            rss[tool.name].append(r.maxrss_kb)
+    return walls, rss
+
+
+def bench_many(args: argparse.Namespace, tmp: Path, config: Path, report: Report) -> None:
+    """Case 5: many small files from one list, N at once, against aria2c and curl."""
+    count, size = args.many_files, args.many_kib * 1024
+    progress(f"many: {count} files of {args.many_kib} KiB")
+    names = serve_files(tmp / "serve-many", count, size, "f")
+    out = tmp / "out-many"
+    tools = batch_tools(args, tmp, config, report, "many", with_wget=True, cli_jobs=[args.jobs, 1])
+    with SendfileServer(tmp / "serve-many") as server:
+        lists = tmp / "lists-many"
+        lists.mkdir()
+        urls = [server.url(n) for n in names]
+        full = BatchList.write(urls, lists, "all", out)
+        warm = BatchList.write(urls[: min(count, 2 * args.jobs)], lists, "warm", out)
+        for tool in tools:  # warm-up: binaries, bytecode, the files in the page cache
+            batch_once(tool, warm, out, size)
+        walls, rss = timed_rounds(tools, full, out, size, args.repeat, "many")
+
+    ref_name = next((t.name for t in tools if t.name.startswith("aria2c")), None)
+    if ref_name is None:
+        ref_name = next((t.name for t in tools if t.name.startswith("curl")), None)
+    ref_wall = median(walls[ref_name]) if ref_name else None
+    total_mb = count * size / MB
+    results: dict[str, Any] = {}
+    rows = []
+    for tool in tools:
+        wall = median(walls[tool.name])
+        entry = {
+            "wall_s_median": round(wall, 4),
+            "wall_s_all": [round(w, 4) for w in walls[tool.name]],
+            "files_per_s": round(count / wall, 1),
+            "mb_per_s": round(total_mb / wall, 2),
+            "time_ratio_vs_ref": _round(ratio(wall, ref_wall)),
+            "speed_ratio_vs_ref": _round(ratio(ref_wall, wall)),
+            "maxrss_mb_median": round(median(rss[tool.name]) / 1024, 1),
+        }
+        results[tool.name] = entry
+        rows.append(
+            [
+                tool.name,
+                f"{wall:.3f}",
+                f"{min(walls[tool.name]):.3f}",
+                f"{count / wall:.0f}",
+                f"{1000 * wall / count:.2f}",
+                fmt_ratio(entry["time_ratio_vs_ref"]),
+                fmt_ratio(entry["speed_ratio_vs_ref"]),
+                f"{entry['maxrss_mb_median']:.1f}",
+            ]
+        )
+    cli_name = f"offline-cli -j {args.jobs}"
+    cli_wall = median(walls[cli_name])
+    target: dict[str, Any] = {"goal": f"{cli_name} at least as fast as {ref_name}"}
+    if ref_name is not None and ref_name.startswith("aria2c") and ref_wall is not None:
+        target["ratio"] = round(cli_wall / ref_wall, 3)
+        target["pass"] = cli_wall <= ref_wall
+        verdict = "PASS" if target["pass"] else "FAIL"
+        target_line = (
+            f"target: {cli_name} at least as fast as {ref_name}: {verdict} "
+            f"({cli_wall:.2f} s vs {ref_wall:.2f} s, {cli_wall / ref_wall:.2f}x its time)"
+        )
+    else:
+        target["pass"] = None
+        target_line = f"target: {cli_name} vs aria2c: skipped (aria2c not installed)"
+    j1 = results.get("offline-cli -j 1")
+    if j1 is not None:
+        speedup = j1["wall_s_median"] / cli_wall
+        target_line += f"\n{cli_name} is {speedup:.2f}x as fast as offline-cli -j 1"
+        target["speedup_vs_j1"] = round(speedup, 3)
+    report.data["many"] = {
+        "files": count,
+        "file_bytes": size,
+        "jobs": args.jobs,
+        "repeat": args.repeat,
+        "reference": ref_name,
+        "tools": results,
+        "target": target,
+    }
+    report.add_table(
+        table(
+            f"{count} files of {args.many_kib} KiB from one list, {args.jobs} at once "
+            f"(median of {args.repeat}, sendfile server, wall clock incl. start-up)",
+            ["tool", "wall s", "best s", "files/s", "ms/file", "time/ref", "speed/ref", "RSS MB"],
+            rows,
+        )
+        + f"\nref = {ref_name}\n{target_line}"
+    )
+
+
+def bench_throttled(args: argparse.Namespace, tmp: Path, config: Path, report: Report) -> None:
+    """Case 6: files from a server that caps each connection: -j N against -j 1 and ideal."""
+    count, size = args.throttle_files, int(args.throttle_kb * 1000)
+    rate = int(args.throttle_rate_kb * 1000)
+    total = count * size
+    progress(f"throttled: {count} files of {size / 1000:g} kB at {rate / 1000:g} kB/s a connection")
+    names = serve_files(tmp / "serve-throttled", count, size, "t")
+    out = tmp / "out-throttled"
+    tools = batch_tools(
+        args, tmp, config, report, "throttled", with_wget=False, cli_jobs=[args.jobs, 1]
+    )
+    with SendfileServer(tmp / "serve-throttled", rate=rate) as server:
+        lists = tmp / "lists-throttled"
+        lists.mkdir()
+        full = BatchList.write([server.url(n) for n in names], lists, "all", out)
+        walls, rss = timed_rounds(tools, full, out, size, args.throttle_repeat, "throttled")
+
+    def ideal(jobs: int) -> float:
+        return total / (min(jobs, count) * rate)
+
+    results: dict[str, Any] = {}
+    rows = []
+    for tool in tools:
+        wall = median(walls[tool.name])
+        best = ideal(tool.jobs or 1)
+        entry = {
+            "jobs": tool.jobs,
+            "wall_s_median": round(wall, 4),
+            "wall_s_all": [round(w, 4) for w in walls[tool.name]],
+            "ideal_s": round(best, 3),
+            "over_ideal": round(wall / best, 3),
+            "mb_per_s": round(total / MB / wall, 3),
+            "maxrss_mb_median": round(median(rss[tool.name]) / 1024, 1),
+        }
+        results[tool.name] = entry
+        rows.append(
+            [
+                tool.name,
+                f"{wall:.2f}",
+                f"{best:.2f}",
+                fmt_ratio(entry["over_ideal"]),
+                f"{total / MB / wall:.2f}",
+                f"{entry['maxrss_mb_median']:.1f}",
+            ]
+        )
+    cli_name = f"offline-cli -j {args.jobs}"
+    cli = results[cli_name]
+    passed = cli["over_ideal"] <= 1.3
+    target = {"goal": f"{cli_name} within 1.3x of ideal", "pass": passed}
+    lines = [
+        f"ideal = total / (min(jobs, files) x rate) = {total / MB:g} MB / "
+        f"({min(args.jobs, count)} x {rate / 1000:g} kB/s) = {ideal(args.jobs):.2f} s for -j "
+        f"{args.jobs}",
+        f"target: {cli_name} within 1.3x of ideal: {'PASS' if passed else 'FAIL'} "
+        f"({cli['over_ideal']:.2f}x)",
+    ]
+    j1 = results.get("offline-cli -j 1")
+    if j1 is not None:
+        speedup = j1["wall_s_median"] / cli["wall_s_median"]
+        target["speedup_vs_j1"] = round(speedup, 3)
+        lines.append(f"{cli_name} is {speedup:.2f}x as fast as offline-cli -j 1")
+    report.data["throttled"] = {
+        "files": count,
+        "file_bytes": size,
+        "rate_bytes_per_s_per_connection": rate,
+        "jobs": args.jobs,
+        "repeat": args.throttle_repeat,
+        "tools": results,
+        "target": target,
+    }
+    report.add_table(
+        table(
+            f"{count} files of {size / 1000:g} kB, server capped at {rate / 1000:g} kB/s per "
+            f"connection (median of {args.throttle_repeat}, wall clock incl. start-up)",
+            ["tool", "wall s", "ideal s", "/ ideal", "MB/s", "RSS MB"],
+            rows,
+        )
+        + "\n"
+        + "\n".join(lines)
+    )
+
+
 # -- main ---------------------------------------------------------------------------------------
+
+
+SECTIONS = ["downloads", "latency", "resume", "many", "throttled"]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -825,11 +1173,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--products", type=int, default=1000, help="products in the big store (1000)")
     p.add_argument("--resume-mb", type=float, default=8, help="resume file size (default 8)")
     p.add_argument("--resume-rate-mb", type=float, default=4, help="its rate, MB/s (default 4)")
+    p.add_argument("--jobs", type=int, default=8, help="-j for many and throttled (8)")
+    p.add_argument("--many-files", type=int, default=1000, help="files in `many` (1000)")
+    p.add_argument("--many-kib", type=int, default=16, help="their size, KiB (16)")
+    p.add_argument("--throttle-files", type=int, default=24, help="files in `throttled` (24)")
+    p.add_argument("--throttle-kb", type=float, default=1000, help="their size, kB (1000)")
+    p.add_argument("--throttle-rate-kb", type=float, default=500, help="kB/s per connection (500)")
+    p.add_argument(
+        "--throttle-repeat", type=int, default=1, help="timed runs per tool, throttled (1)"
+    )
     p.add_argument(
         "--only",
-        choices=["downloads", "latency", "resume"],
+        choices=SECTIONS,
         action="append",
-        help="run only these sections (repeatable); memory comes with downloads",
+        help="run only these sections (repeatable; default: $BENCH_CASES, comma-separated,\n"
+        "else all); memory comes with downloads",
     )
     p.add_argument(
         "--out",
@@ -839,8 +1197,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--tmp", type=Path, default=None, help="where the temporary folder goes")
     args = p.parse_args(argv)
-    if args.size_mb < 1 or args.repeat < 1 or args.runs < 1 or args.products < 1:
+    counts = (args.size_mb, args.repeat, args.runs, args.products, args.jobs, args.many_files)
+    counts += (args.many_kib, args.throttle_files, args.throttle_repeat)
+    if min(counts) < 1 or min(args.throttle_kb, args.throttle_rate_kb) <= 0:
         p.error("sizes and counts must be >= 1")
+    if args.only is None and os.environ.get("BENCH_CASES", "").strip():
+        cases = [c.strip() for c in os.environ["BENCH_CASES"].split(",") if c.strip()]
+        unknown = [c for c in cases if c not in SECTIONS]
+        if unknown:
+            p.error(f"BENCH_CASES: unknown {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+        args.only = cases
     return args
 
 
@@ -891,7 +1257,7 @@ def cleanup_on_signals() -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    sections = set(args.only or ["downloads", "latency", "resume"])
+    sections = set(args.only or SECTIONS)
     report = Report()
     started = time.perf_counter()
     with cleanup_on_signals():
@@ -915,6 +1281,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 memory_table(report)
             if "resume" in sections:
                 bench_resume(args, tmp, config, report)
+            if "many" in sections:
+                bench_many(args, tmp, config, report)
+            if "throttled" in sections:
+                bench_throttled(args, tmp, config, report)
     elapsed = time.perf_counter() - started
     report.data["meta"]["bench_wall_s"] = round(elapsed, 1)
     report.data["notes"] = report.notes

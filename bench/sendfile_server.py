@@ -8,6 +8,11 @@ It serves the files of one folder on 127.0.0.1 only. The query string is ignored
 ``/small.bin?i=1`` and ``/small.bin?i=2`` are two URLs (two products) for one file. It sends
 ``ETag``, ``Last-Modified`` and ``Accept-Ranges`` and honours ``Range: bytes=N-`` (and
 ``N-M``) with ``If-Range``, like a CDN, and counts the body bytes it sent per path.
+
+``SendfileServer(root, rate=BYTES_PER_S)`` throttles each connection to that rate (a CDN's
+per-connection cap): each body goes out in small ``sendfile`` slices paced so that a response
+never runs ahead of ``rate``; N connections together get up to N times the rate. Without
+``rate`` (the default) a body is one ``sendfile`` call, as fast as the client takes it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ import re
 import socket
 import socketserver
 import threading
+import time
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 _RANGE_RE = re.compile(r"^bytes=(\d+)-(\d*)$")
@@ -30,8 +37,9 @@ class _Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, rate: int | None = None) -> None:
         self.root = root
+        self.rate = rate  # bytes a second per connection; None: unthrottled
         self.sent: dict[str, int] = {}
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
         self.lock = threading.Lock()
@@ -115,13 +123,34 @@ class _Handler(socketserver.BaseRequestHandler):
         sent = 0
         try:
             with file.open("rb") as f:
-                sent = sock.sendfile(f, start, count)
+                if self.server.rate:
+                    sent = self._send_paced(sock, f, start, count, self.server.rate)
+                else:
+                    sent = sock.sendfile(f, start, count)
         except OSError:
             return False
         finally:
             with self.server.lock:
                 self.server.sent[path] = self.server.sent.get(path, 0) + sent
         return keep_alive and sent == count
+
+    @staticmethod
+    def _send_paced(sock: socket.socket, f: BinaryIO, start: int, count: int, rate: int) -> int:
+        """Send ``count`` bytes from ``start`` at most ``rate`` bytes a second: slices of
+        about 20 ms of data, each followed by a sleep until the bytes sent so far are due, so
+        the response (and the next one on this connection) takes at least ``count / rate``."""
+        piece = max(1024, min(256 * 1024, rate // 50))
+        began = time.monotonic()
+        sent = 0
+        while sent < count:
+            n = sock.sendfile(f, start + sent, min(piece, count - sent))
+            if n == 0:
+                break
+            sent += n
+            delay = began + sent / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        return sent
 
     @staticmethod
     def _send_head(sock: socket.socket, status: int, fields: dict[str, str], keep: bool) -> None:
@@ -132,10 +161,12 @@ class _Handler(socketserver.BaseRequestHandler):
 
 
 class SendfileServer:
-    """Serve ``root`` on 127.0.0.1 in a background thread; use as a context manager."""
+    """Serve ``root`` on 127.0.0.1 in a background thread; use as a context manager.
 
-    def __init__(self, root: Path) -> None:
-        self._server = _Server(root.resolve())
+    ``rate``: bytes a second per connection (None, the default: unthrottled)."""
+
+    def __init__(self, root: Path, rate: int | None = None) -> None:
+        self._server = _Server(root.resolve(), rate)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), daemon=True)
 
