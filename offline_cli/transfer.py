@@ -834,8 +834,11 @@ class Transfer:
                             f"stalled: less than {human_bytes(self.min_speed)}/s from "
                             f"{host_of(self.url)} for {self.stall_timeout_s:g}s",
                         )
-                    if end is not None and done == end:
-                        break  # all we asked for: do not wait on a server that sends on
+                    if end is not None and done == end and end != total:
+                        # A bounded range is all in: do not wait on a server that sends on.
+                        # (A body that runs to the end of the file ends here by its length:
+                        # reading on lets httpcore see its end and keep the connection.)
+                        break
                 out.flush()
                 os.fsync(out.fileno())
                 self._remember_file(out.fileno())

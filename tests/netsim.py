@@ -82,10 +82,16 @@ class NetSim:
         self._lock = threading.Lock()
         self._active = 0  # requests being handled right now (see wait_idle)
         self._changes = 0  # "change" faults served so far
+        self.connections = 0  # TCP connections accepted (keep-alive reuse shows here)
         sim = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                with sim._lock:
+                    sim.connections += 1
 
             def log_message(self, format: str, *args: object) -> None:
                 pass

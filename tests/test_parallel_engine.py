@@ -204,3 +204,18 @@ def test_progress_of_all_running_downloads_is_written_in_one_flush(home: Path) -
     finally:
         watchdog.close()
         store.close()
+
+
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_connections_are_reused_per_host(make_engine, sim: NetSim, jobs: int) -> None:
+    """A body read to its end leaves its connection in the pool: one connection per job
+    (a new TCP, and over https a new TLS handshake, for every product otherwise)."""
+    names = [f"k{n}" for n in range(9)]
+    for name in names:
+        sim.add(f"/{name}", Resource(name.encode() * 5_000))
+    engine = make_engine(jobs=jobs)
+
+    results = engine.offline_products([_product(sim, name) for name in names])
+
+    assert [r.error for r in results] == [None] * len(names)
+    assert 1 <= sim.connections <= jobs
