@@ -29,6 +29,8 @@ from offline_cli.errors import (
 )
 from offline_cli.listener import OfflineEngineListener
 from offline_cli.models import (
+    RETRYABLE_KINDS,
+    RUNNABLE_STATES,
     DownloadEntry,
     DownloadState,
     ErrorKind,
@@ -45,9 +47,6 @@ if TYPE_CHECKING:
 
 # How often the listener hears progress.
 PROGRESS_NOTIFY_INTERVAL_S = 0.1
-
-RUNNABLE_STATES = (DownloadState.PENDING, DownloadState.IN_PROGRESS, DownloadState.PAUSED)
-RETRYABLE_KINDS = (ErrorKind.NETWORK, ErrorKind.SERVER, ErrorKind.UNKNOWN)
 
 
 def _redacted(url: str | None) -> str | None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
-import math
-import os
 import random
 import shutil
 import threading
@@ -22,7 +20,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +27,8 @@ from filelock import Timeout
 
 from offline_cli.config import Settings, load_settings
 from offline_cli.credentials import CredentialVault
-from offline_cli.download import RETRYABLE_KINDS, RUNNABLE_STATES, Downloader
+from offline_cli.deletion import Deleter
+from offline_cli.download import Downloader
 from offline_cli.errors import (
     BusyError,
     ChecksumMismatch,
@@ -46,17 +44,13 @@ from offline_cli.errors import (
 from offline_cli.listener import OfflineEngineListener
 from offline_cli.locks import LOCK_POLL_S, LOCK_PROBE_GRACE_S, ProductLocks
 from offline_cli.models import (
-    LICENSE_EXPIRED,
-    DownloadEntry,
     DownloadState,
     ErrorKind,
     MediaProduct,
-    OfflinedEntry,
     OfflineState,
-    ProductType,
 )
 from offline_cli.ownership import StoreFiles
-from offline_cli.paths import Layout, default_home, safe_remove, safe_remove_tree
+from offline_cli.paths import Layout, default_home
 from offline_cli.ratelimit import RateLimiter
 from offline_cli.retry import RetryPolicy
 from offline_cli.runtime import (
@@ -68,7 +62,8 @@ from offline_cli.runtime import (
     Watchdog,
     no_faults,
 )
-from offline_cli.store import ProductRows, Store
+from offline_cli.state import ProductStatus, StoreReader
+from offline_cli.store import Store
 from offline_cli.telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -78,8 +73,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("offline_cli")
 
-# How long delete waits for a running download in another process to stop.
-CANCEL_WAIT_S = 10.0
 LAST_MAINTENANCE_KEY = "last_maintenance_at"
 # How often a thread that waits (for another process's lock, for workers) looks up.
 PROGRESS_WAIT_S = 0.25
@@ -91,15 +84,6 @@ class Outcome(enum.Enum):
     DOWNLOADED = "downloaded"
     ALREADY_OFFLINE = "already offline"
     DOWNLOADED_BY_OTHER = "downloaded by another process"
-
-
-@dataclass(frozen=True)
-class ProductStatus:
-    """One line of `state`: a product's OfflineState and its latest download entry."""
-
-    key: str
-    state: OfflineState
-    download: DownloadEntry | None
 
 
 @dataclass(frozen=True)
@@ -338,112 +322,41 @@ class OfflineEngine:
 
     # -- state ----------------------------------------------------------------------------
 
-    def get_offline_state(self, product: MediaProduct) -> OfflineState:
-        return self._state_of(self.store.get_offlined(product.key))
+    def reader(self) -> StoreReader:
+        """Reads products out of the store (cheap: no network, no vault until asked)."""
+        return StoreReader(
+            self.store,
+            self.layout,
+            self.locks,
+            lambda: self.vault,
+            self._clock,
+            self.settings.source,
+        )
 
-    def _state_of(self, entry: OfflinedEntry | None) -> OfflineState:
-        if entry is None:
-            return OfflineState.NOT_OFFLINED
-        if self._quick_valid(entry) is None:
-            return OfflineState.OFFLINED_AND_VALID
-        return OfflineState.OFFLINED_BUT_NOT_VALID
+    def get_offline_state(self, product: MediaProduct) -> OfflineState:
+        return self.reader().offline_state(product.key)
 
     def product_statuses(
         self, products: Sequence[MediaProduct] | None = None, *, with_downloads: bool = False
     ) -> list[ProductStatus]:
-        """The state of ``products`` (else of every known product), in a few queries.
+        """The state of ``products`` (else of every known product): what `state` prints."""
+        return self.reader().statuses(products, with_downloads=with_downloads)
 
-        What `state` prints: scripts call it in loops, so it reads in bulk and touches
-        neither the network nor the credential vault.
-        """
-        store = self.store
-        keys = [p.key for p in products] if products is not None else store.known_product_keys()
-        if products is None or len(keys) > 20:
-            offlined = store.offlined_by_key()
-            latest = store.latest_download_by_key() if with_downloads else {}
-        else:
-            offlined = {k: e for k in keys if (e := store.get_offlined(k)) is not None}
-            latest = (
-                {k: d for k in keys if (d := store.latest_download(k)) is not None}
-                if with_downloads
-                else {}
-            )
-        return [
-            ProductStatus(k, self._state_of(offlined.get(k)), self._as_read(latest.get(k)))
-            for k in keys
-        ]
+    def product_for_key(self, key: str) -> MediaProduct:
+        """The product a stored key names, with the URLs the store remembers."""
+        return self.reader().product_for_key(key)
 
-    def _as_read(self, entry: DownloadEntry | None) -> DownloadEntry | None:
-        """A running download whose owner is gone (kill -9, power loss) reads as PAUSED,
-        what the next maintenance pass or `resume` makes of it."""
-        if entry is None or entry.state not in (DownloadState.PENDING, DownloadState.IN_PROGRESS):
-            return entry
-        if self.locks.owner_alive(entry.product_key) is not False:
-            return entry
-        return dataclasses.replace(
-            entry, state=DownloadState.PAUSED, last_error=entry.last_error or "owner process died"
-        )
-
-    def _quick_valid(self, entry: OfflinedEntry) -> str | None:
-        """None when valid by the cheap check (size and mtime), else the reason."""
-        if entry.invalid_reason:
-            return entry.invalid_reason
-        owned: dict[str, Path] = {}
-        for name, raw in (("media", entry.media_path), ("license", entry.license_path)):
-            if raw is None:
-                continue
-            # Only the shape here (this check runs for every product `state` lists): the
-            # files are looked at, never read; validate proves whose folder it is.
-            path = self.layout.own_file(
-                raw, entry.product_key, partial=False, folder_ok=lambda folder: True
-            )
-            if path is None:
-                return f"{name} path is not a file of the store (not read)"
-            owned[name] = path
-        media = owned["media"]
-        if media.parent.is_symlink():
-            # A folder planted as a link: its files are not ours, whatever their sizes say.
-            return "media folder is a symbolic link (not followed)"
-        try:
-            info = os.stat(media, follow_symlinks=False)
-        except OSError:
-            return "media file missing"
-        if info.st_size != entry.size or info.st_mtime_ns != entry.mtime_ns:
-            return "media file changed"
-        if "license" in owned:
-            try:
-                license_info = os.stat(owned["license"], follow_symlinks=False)
-            except OSError:
-                return "license file missing"
-            if license_info.st_size != entry.license_size:
-                return "license file changed"
-        if entry.license_expires_at is not None and entry.license_expires_at <= self._clock():
-            return LICENSE_EXPIRED
-        return None
+    def resumable_products(
+        self, products: Sequence[MediaProduct] | None = None
+    ) -> list[MediaProduct]:
+        """Interrupted, paused and retryable failed downloads (of ``products``, else all)."""
+        return self.reader().resumable_products(products)
 
     def known_products(self) -> list[MediaProduct]:
         products: list[MediaProduct] = []
         for key in self.store.known_product_keys():
             products.append(self.product_for_key(key))
         return products
-
-    def product_for_key(self, key: str) -> MediaProduct:
-        """The product a stored key names, with the URLs the store remembers."""
-        offlined = self.store.get_offlined(key)
-        if offlined is not None:
-            return MediaProduct(
-                offlined.product_type,
-                offlined.product_id,
-                url=self.vault.reveal(offlined.source_url),
-                license_url=self.vault.reveal(offlined.license_url),
-            )
-        download = self.store.latest_download(key)
-        if download is not None:
-            return self._product_to_resume(download)
-        if "://" in key:
-            return MediaProduct(ProductType.FILE, key, url=self.vault.reveal(key))
-        type_name, _, product_id = key.partition(":")
-        return MediaProduct(ProductType(type_name), product_id)
 
     # -- offline ---------------------------------------------------------------------------
 
@@ -668,80 +581,19 @@ class OfflineEngine:
 
     def delete_offline(self, product: MediaProduct) -> bool:
         """Remove ``product``: cancel a running download, then its files and entries."""
-        removed = self._delete_key(product.key)
+        removed = self._deleter().delete_key(product.key)
         if removed:
             self.listener.offlined_deleted(product)
         return removed
 
-    def _delete_key(self, key: str) -> bool:
-        """Delete one product: its rows first, in one transaction, then its files.
+    def delete_all_offlined_media_products(self) -> bool:
+        """Remove every product, its files and entries; never follows a link out of home."""
+        self._deleter().delete_all()
+        self.listener.all_offlined_media_products_deleted()
+        return True
 
-        A locked or unwritable database changes nothing. Only when the disk is full (SQLite
-        needs a few free pages to record anything) are the files removed first, to make that
-        room; if the record still fails, `state` reads the product as not valid and a second
-        `delete` finishes it.
-        """
-        cancelled_running = False
-        try:
-            lock = self.locks.lock(key)
-            lock.acquire(timeout=LOCK_PROBE_GRACE_S, poll_interval=LOCK_POLL_S / 5)
-        except Timeout:
-            cancelled_running = True
-            self.store.downloads.request_cancel(key)
-            self._event("cancel_requested", product=key)
-            try:
-                lock.acquire(timeout=CANCEL_WAIT_S, poll_interval=LOCK_POLL_S)
-            except Timeout:
-                # Exit 1, not 3: 3 means --no-wait. The cancel request stays, so the download
-                # still stops when it can.
-                raise DownloadError(
-                    f"the running download did not stop within {CANCEL_WAIT_S:g}s",
-                    product=key,
-                    hint="it has been asked to cancel; run delete again in a moment",
-                ) from None
-        except OSError as exc:  # after Timeout, which is an OSError too
-            raise self.locks.failed(key, exc) from exc
-        try:
-            rows = self.store.product_rows(key)
-            if rows.empty:
-                return False
-            # The download this delete cancelled keeps its CANCELLED entry (no files) as a
-            # record; cleanup removes it after the retention age.
-            keep = rows.cancelled_ids if cancelled_running else set()
-            try:
-                self.store.forget_product(key, keep=keep)
-            except StoreUnwritable as exc:
-                if not exc.disk_full:
-                    raise
-                self._remove_product_files(key, rows)
-                self._reopen_store().forget_product(key, keep=keep)
-            self._remove_product_files(key, rows)
-            try:
-                self.vault.forget(list(rows.urls))
-            except OSError as exc:  # a full disk: the vault is rewritten whole
-                log.warning("%s: credentials not forgotten yet: %s", key, exc)
-            self._event("product_deleted", product=key)
-            return True
-        finally:
-            lock.release()
-
-    def _remove_product_files(self, key: str, rows: ProductRows) -> None:
-        """Remove a product's files (only files of the store that are this product's); what
-        fails is an orphan for cleanup, since no entry owns it any more."""
-        try:
-            for raw in rows.paths:
-                path = self.own_final_file(raw, key)
-                if path is None:
-                    partial = self.layout.own_file(raw, key, partial=True)
-                    owned = partial is not None and partial.name[:32] in rows.download_ids
-                    path = partial if owned else None
-                if path is None:
-                    self.report_foreign_path(key, "path", raw)
-                else:
-                    safe_remove(self.layout, path)
-            safe_remove_tree(self.layout, self.layout.product_dir(key))
-        except OSError as exc:
-            log.warning("%s: files not removed yet: %s", key, exc)
+    def _deleter(self) -> Deleter:
+        return Deleter(lambda: self.runtime, self._reopen_store)
 
     def _reopen_store(self) -> Store:
         if self._store is not None:
@@ -749,74 +601,7 @@ class OfflineEngine:
             self._store = None
         return self.store
 
-    def delete_all_offlined_media_products(self) -> bool:
-        """Remove every product, its files and entries; never follows a link out of home."""
-        keys = self.store.known_product_keys()
-        stuck: list[str] = []
-        for key in keys:
-            try:
-                self._delete_key(key)
-            except DownloadError:
-                stuck.append(key)  # carry on with the others, as `delete` does
-        if stuck:
-            # A download that has not stopped yet still writes its partial file and reads the
-            # vault: sweeping the folders now would pull them from under it.
-            raise DownloadError(
-                f"{len(stuck)} running download(s) did not stop within {CANCEL_WAIT_S:g}s and "
-                f"were not deleted: {', '.join(stuck)}; everything else was",
-                hint="they have been asked to cancel; run delete-all again in a moment",
-            )
-        # Anything else in the store and partial folders is an orphan of nothing.
-        for folder in (self.layout.store_dir, self.layout.partial_dir):
-            if folder.is_symlink():
-                folder.unlink()
-                continue
-            if folder.exists():
-                for child in list(folder.iterdir()):
-                    if child.is_dir() and not child.is_symlink():
-                        safe_remove_tree(self.layout, child)
-                    else:
-                        safe_remove(self.layout, child)
-        safe_remove(self.layout, self.layout.credentials_file)
-        self.listener.all_offlined_media_products_deleted()
-        self._event("all_deleted", count=len(keys))
-        return True
-
     # -- resume ----------------------------------------------------------------------------------
-
-    def resumable_products(
-        self, products: Sequence[MediaProduct] | None = None
-    ) -> list[MediaProduct]:
-        """Interrupted, paused and retryable failed downloads (of ``products``, else all)."""
-        wanted = {p.key for p in products} if products is not None else None
-        found: dict[str, MediaProduct] = {}
-        for entry in self.store.list_downloads([*RUNNABLE_STATES, DownloadState.FAILED]):
-            if wanted is not None and entry.product_key not in wanted:
-                continue
-            if entry.state is DownloadState.FAILED and entry.error_kind not in RETRYABLE_KINDS:
-                continue
-            latest = self.store.latest_download(entry.product_key)
-            if latest is None or latest.id != entry.id:
-                continue
-            found[entry.product_key] = self._product_to_resume(entry)
-        return list(found.values())
-
-    def _product_to_resume(self, entry: DownloadEntry) -> MediaProduct:
-        if entry.from_source and self.settings.source:
-            # Ask the source again: signed URLs and license expiries may have changed. The
-            # same file (same redacted URL) is still resumed from its bytes on disk.
-            # (the source's current checksum applies, not the one it gave last time)
-            return MediaProduct(entry.product_type, entry.product_id)
-        expires = entry.license_expires_at
-        return MediaProduct(
-            entry.product_type,
-            entry.product_id,
-            url=self.vault.reveal(entry.media_url),
-            license_url=self.vault.reveal(entry.license_url),
-            sha256=entry.expected_sha256,
-            size=entry.expected_size,
-            license_expires_at=datetime.fromtimestamp(expires, UTC) if expires else None,
-        )
 
     def resume(
         self,
@@ -858,43 +643,17 @@ class OfflineEngine:
             if self._maintenance_checked:
                 return False
             self._maintenance_checked = True
-            return self._run_maintenance()
+            from offline_cli.maintenance import run_light_maintenance
 
-    def _run_maintenance(self) -> bool:
-        interval = self.settings.maintenance_interval
-        if interval <= 0 or not self.settings.enhanced_download_management:
-            return False
-        if self.store.read_only:
-            return False  # it cleans up and records: nothing a read-only store allows
-        last = _timestamp(self.store.get_setting(LAST_MAINTENANCE_KEY))
-        now = self._clock()
-        # An unreadable or future time (damaged, or a clock that jumped) counts as never.
-        if last is not None and 0 <= now - last < interval:
-            return False
-        self.store.set_setting(LAST_MAINTENANCE_KEY, repr(now))
-        recovered = self.recover_dead_downloads() if self.settings.download_recovery else 0
-        report = self.perform_maintenance_cleanup(self.settings.retention)
-        self._event(
-            "maintenance_completed",
-            recovered=recovered,
-            cleaned_up=report.entries_removed,
-            bytes_reclaimed=report.bytes_reclaimed,
-        )
-        return True
+            return run_light_maintenance(
+                self.runtime, self.perform_maintenance_cleanup, LAST_MAINTENANCE_KEY
+            )
 
     def recover_dead_downloads(self) -> int:
         """Mark downloads whose owner process died as PAUSED, so `resume` picks them up."""
-        recovered = 0
-        for entry in self.store.list_downloads([DownloadState.PENDING, DownloadState.IN_PROGRESS]):
-            if self.is_running_elsewhere(entry.product_key):
-                continue
-            self.store.downloads.transition(
-                entry.id, DownloadState.PAUSED, owner_pid=None, last_error="owner process died"
-            )
-            self._record("download_recovered", product_key=entry.product_key)
-            self._event("download_recovered", product=entry.product_key, dead_pid=entry.owner_pid)
-            recovered += 1
-        return recovered
+        from offline_cli.maintenance import recover_dead_downloads
+
+        return recover_dead_downloads(self.runtime)
 
     def perform_maintenance_cleanup(
         self, older_than_s: float | None = None, *, dry_run: bool = False
@@ -922,11 +681,3 @@ class OfflineEngine:
 
         self.flush_metrics()
         return build_health_report(self.store, self._clock, since_s)
-
-
-def _timestamp(text: str | None) -> float | None:
-    try:
-        value = float(text) if text is not None else None
-    except ValueError:
-        return None
-    return value if value is not None and math.isfinite(value) else None

@@ -416,6 +416,63 @@ class Validator:
         return ValidationResult(entry.product_key, still is None, still or reason, still is None)
 
 
+# -- light maintenance ------------------------------------------------------------------------
+
+
+def run_light_maintenance(
+    rt: Runtime, cleanup: Callable[[float], CleanupReport], last_run_key: str
+) -> bool:
+    """The light pass the downloading commands run once per interval (across processes:
+    the time of the last pass is in the database): mark downloads whose owner died as
+    PAUSED, then clean up what is older than the retention. True when it ran."""
+    settings, store = rt.settings, rt.store
+    interval = settings.maintenance_interval
+    if interval <= 0 or not settings.enhanced_download_management:
+        return False
+    if store.read_only:
+        return False  # it cleans up and records: nothing a read-only store allows
+    last = _timestamp(store.get_setting(last_run_key))
+    now = rt.clock()
+    # An unreadable or future time (damaged, or a clock that jumped) counts as never.
+    if last is not None and 0 <= now - last < interval:
+        return False
+    store.set_setting(last_run_key, repr(now))
+    recovered = recover_dead_downloads(rt) if settings.download_recovery else 0
+    report = cleanup(settings.retention)
+    rt.telemetry.event(
+        "maintenance_completed",
+        recovered=recovered,
+        cleaned_up=report.entries_removed,
+        bytes_reclaimed=report.bytes_reclaimed,
+    )
+    return True
+
+
+def recover_dead_downloads(rt: Runtime) -> int:
+    """Mark downloads whose owner process died as PAUSED, so `resume` picks them up."""
+    recovered = 0
+    for entry in rt.store.list_downloads([DownloadState.PENDING, DownloadState.IN_PROGRESS]):
+        if rt.locks.is_running_elsewhere(entry.product_key):
+            continue
+        rt.store.downloads.transition(
+            entry.id, DownloadState.PAUSED, owner_pid=None, last_error="owner process died"
+        )
+        rt.telemetry.record("download_recovered", product_key=entry.product_key)
+        rt.telemetry.event(
+            "download_recovered", product=entry.product_key, dead_pid=entry.owner_pid
+        )
+        recovered += 1
+    return recovered
+
+
+def _timestamp(text: str | None) -> float | None:
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
 # -- health --------------------------------------------------------------------------------------
 
 

@@ -54,6 +54,10 @@ class ErrorKind(enum.Enum):
     CANCELLED = "cancelled"
 
 
+# Downloads that `resume` continues: unfinished ones, and failed ones of these kinds.
+RUNNABLE_STATES = (DownloadState.PENDING, DownloadState.IN_PROGRESS, DownloadState.PAUSED)
+RETRYABLE_KINDS = (ErrorKind.NETWORK, ErrorKind.SERVER, ErrorKind.UNKNOWN)
+
 # Which state may follow which. The state manager refuses anything else, so a finished
 # download can never be silently reopened (COMPLETED -> IN_PROGRESS is illegal).
 ALLOWED_TRANSITIONS: dict[DownloadState, frozenset[DownloadState]] = {

@@ -291,7 +291,7 @@ def test_delete_of_several_carries_on_after_a_cancel_timeout(
     cli, make_engine, sim, home, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stuck, free = _offline(make_engine, sim, "stuck", "free")
-    monkeypatch.setattr("offline_cli.engine.CANCEL_WAIT_S", 0.3)
+    monkeypatch.setattr("offline_cli.deletion.CANCEL_WAIT_S", 0.3)
     # A download of `stuck` that never stops: something holds its lock.
     with FileLock(home / "locks" / Path(make_engine().layout.lock_path(stuck.key)).name):
         result = cli("delete", stuck.key, free.key)
@@ -307,7 +307,7 @@ def test_delete_all_carries_on_after_a_cancel_timeout_and_keeps_the_running_down
 ) -> None:
     # "a-stuck" sorts first, so a delete-all that stops at it never reaches "b-free".
     stuck, free = _offline(make_engine, sim, "a-stuck", "b-free")
-    monkeypatch.setattr("offline_cli.engine.CANCEL_WAIT_S", 0.3)
+    monkeypatch.setattr("offline_cli.deletion.CANCEL_WAIT_S", 0.3)
     running_partial = home / "partial" / "running.media.part"
     running_partial.write_bytes(b"bytes of a download that has not stopped yet")
     with FileLock(home / "locks" / Path(make_engine().layout.lock_path(stuck.key)).name):

@@ -1,0 +1,190 @@
+"""What the store says about products: their OfflineState, their downloads as read now, and
+the products to resume. Reads only: no network, and the credential vault only when a
+product's full URL is asked for."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from offline_cli.credentials import CredentialVault
+from offline_cli.locks import ProductLocks
+from offline_cli.models import (
+    LICENSE_EXPIRED,
+    RETRYABLE_KINDS,
+    RUNNABLE_STATES,
+    DownloadEntry,
+    DownloadState,
+    MediaProduct,
+    OfflinedEntry,
+    OfflineState,
+    ProductType,
+)
+from offline_cli.paths import Layout
+from offline_cli.store import Store
+
+
+@dataclass(frozen=True)
+class ProductStatus:
+    """One line of `state`: a product's OfflineState and its latest download entry."""
+
+    key: str
+    state: OfflineState
+    download: DownloadEntry | None
+
+
+class StoreReader:
+    """Reads products out of the store (``state``, ``resume``'s list, the cheap check)."""
+
+    def __init__(
+        self,
+        store: Store,
+        layout: Layout,
+        locks: ProductLocks,
+        vault: Callable[[], CredentialVault],
+        clock: Callable[[], float],
+        source: str | None,
+    ) -> None:
+        self.store = store
+        self.layout = layout
+        self.locks = locks
+        self._vault = vault
+        self._clock = clock
+        self._source = source
+
+    def offline_state(self, product_key: str) -> OfflineState:
+        return self.state_of(self.store.get_offlined(product_key))
+
+    def state_of(self, entry: OfflinedEntry | None) -> OfflineState:
+        if entry is None:
+            return OfflineState.NOT_OFFLINED
+        if self.quick_valid(entry) is None:
+            return OfflineState.OFFLINED_AND_VALID
+        return OfflineState.OFFLINED_BUT_NOT_VALID
+
+    def statuses(
+        self, products: Sequence[MediaProduct] | None, *, with_downloads: bool
+    ) -> list[ProductStatus]:
+        """The state of ``products`` (else of every known product), in a few queries.
+
+        What `state` prints: scripts call it in loops, so it reads in bulk and touches
+        neither the network nor the credential vault.
+        """
+        store = self.store
+        keys = [p.key for p in products] if products is not None else store.known_product_keys()
+        if products is None or len(keys) > 20:
+            offlined = store.offlined_by_key()
+            latest = store.latest_download_by_key() if with_downloads else {}
+        else:
+            offlined = {k: e for k in keys if (e := store.get_offlined(k)) is not None}
+            latest = (
+                {k: d for k in keys if (d := store.latest_download(k)) is not None}
+                if with_downloads
+                else {}
+            )
+        return [
+            ProductStatus(k, self.state_of(offlined.get(k)), self.as_read(latest.get(k)))
+            for k in keys
+        ]
+
+    def as_read(self, entry: DownloadEntry | None) -> DownloadEntry | None:
+        """A running download whose owner is gone (kill -9, power loss) reads as PAUSED,
+        what the next maintenance pass or `resume` makes of it."""
+        if entry is None or entry.state not in (DownloadState.PENDING, DownloadState.IN_PROGRESS):
+            return entry
+        if self.locks.owner_alive(entry.product_key) is not False:
+            return entry
+        return dataclasses.replace(
+            entry, state=DownloadState.PAUSED, last_error=entry.last_error or "owner process died"
+        )
+
+    def quick_valid(self, entry: OfflinedEntry) -> str | None:
+        """None when valid by the cheap check (size and mtime), else the reason."""
+        if entry.invalid_reason:
+            return entry.invalid_reason
+        owned: dict[str, Path] = {}
+        for name, raw in (("media", entry.media_path), ("license", entry.license_path)):
+            if raw is None:
+                continue
+            # Only the shape here (this check runs for every product `state` lists): the
+            # files are looked at, never read; validate proves whose folder it is.
+            path = self.layout.own_file(
+                raw, entry.product_key, partial=False, folder_ok=lambda folder: True
+            )
+            if path is None:
+                return f"{name} path is not a file of the store (not read)"
+            owned[name] = path
+        media = owned["media"]
+        if media.parent.is_symlink():
+            # A folder planted as a link: its files are not ours, whatever their sizes say.
+            return "media folder is a symbolic link (not followed)"
+        try:
+            info = os.stat(media, follow_symlinks=False)
+        except OSError:
+            return "media file missing"
+        if info.st_size != entry.size or info.st_mtime_ns != entry.mtime_ns:
+            return "media file changed"
+        if "license" in owned:
+            try:
+                license_info = os.stat(owned["license"], follow_symlinks=False)
+            except OSError:
+                return "license file missing"
+            if license_info.st_size != entry.license_size:
+                return "license file changed"
+        if entry.license_expires_at is not None and entry.license_expires_at <= self._clock():
+            return LICENSE_EXPIRED
+        return None
+
+    def product_for_key(self, key: str) -> MediaProduct:
+        """The product a stored key names, with the URLs the store remembers."""
+        offlined = self.store.get_offlined(key)
+        if offlined is not None:
+            return MediaProduct(
+                offlined.product_type,
+                offlined.product_id,
+                url=self._vault().reveal(offlined.source_url),
+                license_url=self._vault().reveal(offlined.license_url),
+            )
+        download = self.store.latest_download(key)
+        if download is not None:
+            return self.product_to_resume(download)
+        if "://" in key:
+            return MediaProduct(ProductType.FILE, key, url=self._vault().reveal(key))
+        type_name, _, product_id = key.partition(":")
+        return MediaProduct(ProductType(type_name), product_id)
+
+    def resumable_products(self, products: Sequence[MediaProduct] | None) -> list[MediaProduct]:
+        """Interrupted, paused and retryable failed downloads (of ``products``, else all)."""
+        wanted = {p.key for p in products} if products is not None else None
+        found: dict[str, MediaProduct] = {}
+        for entry in self.store.list_downloads([*RUNNABLE_STATES, DownloadState.FAILED]):
+            if wanted is not None and entry.product_key not in wanted:
+                continue
+            if entry.state is DownloadState.FAILED and entry.error_kind not in RETRYABLE_KINDS:
+                continue
+            latest = self.store.latest_download(entry.product_key)
+            if latest is None or latest.id != entry.id:
+                continue
+            found[entry.product_key] = self.product_to_resume(entry)
+        return list(found.values())
+
+    def product_to_resume(self, entry: DownloadEntry) -> MediaProduct:
+        if entry.from_source and self._source:
+            # Ask the source again: signed URLs and license expiries may have changed. The
+            # same file (same redacted URL) is still resumed from its bytes on disk.
+            # (the source's current checksum applies, not the one it gave last time)
+            return MediaProduct(entry.product_type, entry.product_id)
+        expires = entry.license_expires_at
+        return MediaProduct(
+            entry.product_type,
+            entry.product_id,
+            url=self._vault().reveal(entry.media_url),
+            license_url=self._vault().reveal(entry.license_url),
+            sha256=entry.expected_sha256,
+            size=entry.expected_size,
+            license_expires_at=datetime.fromtimestamp(expires, UTC) if expires else None,
+        )
