@@ -11,6 +11,11 @@ class OfflineEngineListener:
 
     The first six mirror the original SDK; the rest are optional extras (bytes, pauses,
     retries) so a progress bar can show size, speed and ETA. Override what you need.
+
+    Callbacks come from the thread that runs each download: with more than one job
+    (``-j``, ``settings.jobs``) that is a worker thread, and several downloads call at once,
+    so a listener that keeps state must lock it. An exception a callback raises ends that
+    download (as a bug, with its traceback), so keep them simple.
     """
 
     def offlining_started(self, product: MediaProduct) -> None:
