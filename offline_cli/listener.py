@@ -14,8 +14,8 @@ class OfflineEngineListener:
 
     Callbacks come from the thread that runs each download: with more than one job
     (``-j``, ``settings.jobs``) that is a worker thread, and several downloads call at once,
-    so a listener that keeps state must lock it. An exception a callback raises ends that
-    download (as a bug, with its traceback), so keep them simple.
+    so a listener that keeps state must lock it. An exception a callback raises is a bug: it
+    pauses that download, stops the others as Ctrl-C would, and is raised again.
     """
 
     def offlining_started(self, product: MediaProduct) -> None:
