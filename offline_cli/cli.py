@@ -126,6 +126,8 @@ class _Output:
     verbose: bool = False
     # Set when Ctrl-C or SIGTERM saved a running download as PAUSED (not for `state`).
     paused_by_signal: bool = False
+    # Products of the command that a signal stopped before they started (-j batches).
+    not_started: int = 0
 
     @property
     def err(self) -> Console:
@@ -304,6 +306,7 @@ class _Reporter(OfflineEngineListener):
         self._overall: TaskID | None = None
         self._expected = 0
         self._finished = 0
+        self._failed = 0
 
     def expect(self, count: int) -> None:
         """How many products this command will report on: the overall row counts them."""
@@ -312,14 +315,23 @@ class _Reporter(OfflineEngineListener):
             if self.progress is not None and count > 1 and self._overall is None:
                 self._overall = self.progress.add_task(self._overall_text(), total=None)
 
+    def not_started(self) -> int:
+        with self._lock:
+            # A product waited for (another process downloads it) was not left behind.
+            return max(0, self._expected - len(self.started_at.keys() | self.waited))
+
     def _overall_text(self) -> str:
-        return f"all: {self._finished} of {self._expected} products"
+        failed = f", {self._failed} failed" if self._failed else ""
+        return f"all: {self._finished - self._failed} of {self._expected} done{failed}"
 
     def _update_overall(self) -> None:
         if self.progress is None or self._overall is None:
             return
         totals = list(self.totals.values())
-        known = None if not totals or None in totals else sum(t or 0 for t in totals)
+        # A total (and so an ETA) only once every product has told its size: the sizes of
+        # those not started yet are unknown, and a total without them would mislead.
+        complete = len(totals) >= self._expected and None not in totals
+        known = sum(t or 0 for t in totals) if complete else None
         self.progress.update(
             self._overall,
             description=self._overall_text(),
@@ -331,9 +343,7 @@ class _Reporter(OfflineEngineListener):
         with self._lock:
             self.started_at[product.key] = time.monotonic()
             if self.progress is not None:
-                self.tasks[product.key] = self.progress.add_task(
-                    escape_controls(product.key), total=None
-                )
+                self.tasks[product.key] = self.progress.add_task(_row_name(product.key), total=None)
             else:
                 _say(f"{product.key}: downloading")
 
@@ -375,6 +385,8 @@ class _Reporter(OfflineEngineListener):
         with self._lock:
             if isinstance(error, DownloadInterrupted):
                 _output.paused_by_signal = True
+            else:
+                self._failed += 1
             self._finish(product, None)
 
     def validation_progress(self, checked: int, total: int) -> None:
@@ -392,7 +404,7 @@ class _Reporter(OfflineEngineListener):
     def _note(self, product: MediaProduct, text: str) -> None:
         with self._lock:
             if self.progress is not None and product.key in self.tasks:
-                description = escape_controls(f"{product.key} ({text})")
+                description = _row_name(product.key, f" ({text})")
                 self.progress.update(self.tasks[product.key], description=description)
             else:
                 _say(f"{product.key}: {text}")
@@ -410,6 +422,22 @@ class _Reporter(OfflineEngineListener):
                 _say(line)
 
 
+# A progress row's name is cut to this many characters (a signed URL can be hundreds): a
+# long name would push the bar, size, speed and ETA of every row off the screen.
+ROW_NAME_CHARS = 40
+
+
+def _row_name(name: str, note: str = "") -> str:
+    """``name`` escaped and shortened in the middle (``https://cdn.ex…/file.mp4``), then
+    ``note`` (a retry, a pause), also capped."""
+    shown = escape_controls(name)
+    if len(shown) > ROW_NAME_CHARS:
+        keep = ROW_NAME_CHARS - 1
+        shown = shown[: keep // 2] + "…" + shown[-(keep - keep // 2) :]
+    note = escape_controls(note)
+    return shown + (note if len(note) <= ROW_NAME_CHARS else note[: ROW_NAME_CHARS - 2] + "…)")
+
+
 @contextmanager
 def _reporting(expected: int = 0) -> Iterator[_Reporter]:
     """A reporter with rich bars when stderr is a terminal and -q was not given."""
@@ -417,7 +445,8 @@ def _reporting(expected: int = 0) -> Iterator[_Reporter]:
     if _output.quiet or not console.is_terminal:
         reporter = _Reporter(None)
         reporter.expect(expected)
-        yield reporter
+        with _noting_unstarted(reporter):
+            yield reporter
         return
     from rich.progress import (
         BarColumn,
@@ -427,9 +456,15 @@ def _reporting(expected: int = 0) -> Iterator[_Reporter]:
         TimeRemainingColumn,
         TransferSpeedColumn,
     )
+    from rich.table import Column
 
     with Progress(
-        TextColumn("{task.description}", markup=False),  # names are not rich markup
+        # names are not rich markup, and a row never wraps (a narrow terminal cuts it)
+        TextColumn(
+            "{task.description}",
+            markup=False,
+            table_column=Column(no_wrap=True, overflow="ellipsis"),
+        ),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
@@ -439,7 +474,18 @@ def _reporting(expected: int = 0) -> Iterator[_Reporter]:
     ) as progress:
         reporter = _Reporter(progress)
         reporter.expect(expected)
-        yield reporter
+        with _noting_unstarted(reporter):
+            yield reporter
+
+
+@contextmanager
+def _noting_unstarted(reporter: _Reporter) -> Iterator[None]:
+    """On Ctrl-C or SIGTERM: remember how many products of the batch never started."""
+    try:
+        yield
+    except (KeyboardInterrupt, Terminated):
+        _output.not_started = reporter.not_started()
+        raise
 
 
 # -- common plumbing ------------------------------------------------------------------------------
@@ -658,8 +704,11 @@ def offline(
     products: Annotated[
         list[str] | None, typer.Argument(help="URLs or TYPE:ID names (track:42, video:7).")
     ] = None,
-    input_file: Annotated[
-        str | None, typer.Option("--input", "-i", help="Read one product a line ('-' is stdin).")
+    input_files: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input", "-i", help="Read one product a line ('-' is stdin); may be repeated."
+        ),
     ] = None,
     product_id: Annotated[
         str | None, typer.Option("--id", help="Name a single URL as TYPE:ID.")
@@ -689,7 +738,7 @@ def offline(
     _set_output(quiet, verbose)
     try:
         names = list(products or [])
-        if input_file is not None:
+        for input_file in input_files or []:
             names += _read_product_lines(input_file)
         if not names:
             raise UsageError("no product given", hint="offline URL... or offline -i FILE")
@@ -1072,8 +1121,15 @@ def show_config(json_out: Json = False) -> None:
 
 
 def _interrupted_line(what: str) -> str:
-    """What a signal did: the PAUSED note only when a download was actually saved as PAUSED."""
-    return f"{what}; {_PAUSED_NOTE}" if _output.paused_by_signal else what
+    """What a signal did: the PAUSED note only when a download was actually saved as PAUSED,
+    and how many products of the batch never started (`resume` does not know those)."""
+    line = f"{what}; {_PAUSED_NOTE}" if _output.paused_by_signal else what
+    if _output.not_started:
+        line += (
+            f"; {_output.not_started} product(s) not started: run the same command again "
+            "to finish the batch"
+        )
+    return line
 
 
 def _raise_terminated(signum: int, frame: object) -> None:

@@ -275,6 +275,8 @@ def _coerce(name: str, value: Any, where: str) -> Any:
                 return False
             raise TypeError("expected true or false")
         if kind == "int":
+            if name in _RATES and isinstance(value, int | float) and not isinstance(value, bool):
+                value = parse_rate(repr(value))  # 1.5 in a config file reads like "1.5"
             if isinstance(value, str):
                 value = parse_rate(value) if name in _RATES else parse_count(value)
             if isinstance(value, bool) or not isinstance(value, int):

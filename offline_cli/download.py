@@ -434,6 +434,7 @@ class ProductRun(OfflineEngineListener):
             on_progress=lambda done, total: self._progress(part, done, total),
             check_stop=self._check_stop,
             throttle=(lambda n: self._wait(limiter.consume(n))) if limiter else None,
+            read_size=_read_size(limiter.rate, rt.settings.jobs) if limiter else None,
             watch=rt.watchdog.every,
             disk_free=rt.disk_free,
             stall_timeout_s=rt.settings.stall_timeout,
@@ -669,6 +670,12 @@ class ProductRun(OfflineEngineListener):
                     self.rt.files.report_foreign_path(key, column, raw)
                 elif path not in (final_media, final_license):  # the same file, named oddly
                     safe_remove(layout, path)
+
+
+def _read_size(rate: float, jobs: int) -> int:
+    """Bytes a read takes under a rate limit: about a quarter of a second of a job's share
+    (1 KiB to 64 KiB), so the jobs' first reads do not overshoot a small budget."""
+    return max(1024, min(64 * 1024, int(rate // (4 * max(1, jobs)))))
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -366,6 +366,7 @@ class OfflineEngine:
         Raises a DownloadError subclass when the download fails for good (the listener hears
         ``offlining_failed`` first).
         """
+        self._stopping.clear()  # an earlier interrupt() stopped an earlier call
         try:
             return self.offline_product(product) is Outcome.DOWNLOADED
         finally:
@@ -391,7 +392,10 @@ class OfflineEngine:
             self._event("waiting_for_other_process", product=product.key)
             while True:
                 if self._stopping.is_set():
-                    raise RunInterrupted() from None
+                    raise DownloadInterrupted(
+                        "interrupted while waiting for another process; nothing was changed",
+                        product=product.key,
+                    ) from None
                 with suppress(Timeout):
                     lock.acquire(timeout=PROGRESS_WAIT_S, poll_interval=LOCK_POLL_S)
                     break
@@ -408,6 +412,12 @@ class OfflineEngine:
                 return Outcome.ALREADY_OFFLINE
             self._download(product)
             return Outcome.DOWNLOADED
+        except RunInterrupted:
+            # interrupt() from another thread: an OfflineError to callers of the API (the
+            # listener has heard offlining_failed with the same error).
+            raise DownloadInterrupted(
+                "interrupted; saved as PAUSED", product=product.key, hint="run `resume`"
+            ) from None
         finally:
             lock.release()
 
@@ -416,7 +426,11 @@ class OfflineEngine:
         cancel = Cancel()
         with self._running_lock:
             if self._stopping.is_set():
-                raise RunInterrupted()
+                raise DownloadInterrupted(
+                    "not started: the command was interrupted",
+                    product=product.key,
+                    hint="offline it again",
+                )
             self._running.add(cancel)
         try:
             Downloader(self.runtime, self._client).download(product, cancel)
@@ -426,7 +440,8 @@ class OfflineEngine:
 
     def interrupt(self) -> None:
         """Stop every download of this engine, keeping its bytes (PAUSED), and start no
-        more: what Ctrl-C and SIGTERM do. Safe to call from any thread."""
+        more in the ``offline_products`` or ``resume`` call running now: what Ctrl-C and
+        SIGTERM do. Safe to call from any thread; the next call starts afresh."""
         with self._running_lock:
             self._stopping.set()
             running = list(self._running)
@@ -448,6 +463,9 @@ class OfflineEngine:
         """
         self.check_resolvable(products)
         self.maybe_run_maintenance()
+        # interrupt() stops the call it interrupts (and the downloads running in it); a new
+        # call starts afresh.
+        self._stopping.clear()
         results: dict[int, ProductResult] = {}
 
         def done(index: int, result: ProductResult) -> None:
@@ -499,15 +517,15 @@ class OfflineEngine:
         return self._offline_one(product, wait)
 
     def _offline_one(self, product: MediaProduct, wait: bool) -> ProductResult:
-        try:
-            if self._stopping.is_set():
-                raise RunInterrupted()
-            return ProductResult(product, self.offline_product(product, wait=wait), None)
-        except RunInterrupted:
-            interrupted = DownloadInterrupted(
-                "interrupted; saved as PAUSED", product=product.key, hint="run `resume`"
+        if self._stopping.is_set():
+            not_started = DownloadInterrupted(
+                "not started: the command was interrupted",
+                product=product.key,
+                hint="offline it again",
             )
-            return ProductResult(product, None, interrupted)
+            return ProductResult(product, None, not_started)
+        try:
+            return ProductResult(product, self.offline_product(product, wait=wait), None)
         except OfflineError as exc:
             return ProductResult(product, None, exc)
 

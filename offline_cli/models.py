@@ -260,9 +260,16 @@ def parse_rate(text: str) -> int:
     match = _RATE_RE.match(text.strip())
     if match is None or len(text.strip()) > _MAX_NUMBER_CHARS:
         raise UsageError(
-            f"malformed rate {shorten(text)!r}", hint="bytes a second, e.g. 500k or 2M"
+            f"malformed rate {shorten(text)!r} (bytes a second: a number, or with k, M or g "
+            "as in 500k, 2M, 1.5g; K = 1024)",
+            hint="e.g. 500k or 2M",
         )
     value = _finite(text, float(match.group(1)) * _RATE_UNITS[match.group(2).lower()])
+    if 0 < value < 1:
+        # int() would make it 0, which means no limit at all: the opposite of what was asked.
+        raise UsageError(
+            f"rate {shorten(text)!r} is less than 1 byte a second", hint="e.g. 500k or 2M"
+        )
     return int(value)
 
 

@@ -299,6 +299,7 @@ class Transfer:
         on_progress: Callable[[int, int | None], None] = lambda done, total: None,
         check_stop: Callable[[], None] = lambda: None,
         throttle: Callable[[int], None] | None = None,
+        read_size: int | None = None,
         watch: Callable[[float, Callable[[], None]], Callable[[], None]] | None = None,
         disk_free: Callable[[Path], int] = lambda p: shutil.disk_usage(p).free,
         stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
@@ -316,6 +317,9 @@ class Transfer:
         self.check_stop = check_stop
         # Called with each chunk's size before the next read (the shared --limit-rate).
         self.throttle = throttle
+        # Bytes a read hands over at most (None: what httpcore reads, 64 KiB). Under a low
+        # rate limit smaller reads keep what lands on disk close to the budget.
+        self.read_size = read_size
         # Runs a check every so often until told to stop (the engine's one watchdog thread);
         # without one, each request's header deadline gets a thread of its own.
         self.watch = watch
@@ -804,7 +808,7 @@ class Transfer:
             flags = os.O_WRONLY | (os.O_APPEND if offset else os.O_TRUNC)
             with os.fdopen(open_private(self.partial_path, flags), "ab" if offset else "wb") as out:
                 out.truncate(offset)
-                for raw in response.iter_raw():
+                for raw in response.iter_raw(self.read_size):
                     self.stats.bytes_fetched += len(raw)
                     chunk = raw
                     if skip:

@@ -585,3 +585,103 @@ def test_rate_limiter_counts_every_byte_under_many_threads() -> None:
     # The clock never moved: the debt is every byte taken beyond the bucket, to the byte.
     debt = threads * per_thread * nbytes - limiter.burst
     assert limiter.consume(0) == debt / rate
+
+
+# -- review fixes: what a signal says about a batch, long names, rates, -i twice -----------------
+
+
+def test_signal_names_the_products_that_never_started(
+    sim: NetSim, procs: Procs, home: Path, tmp_path: Path
+) -> None:
+    """`resume` knows only downloads that started: the message says how to finish the rest."""
+    urls = []
+    for i in range(6):
+        sim.add(f"/n{i}", Resource(os.urandom(300 * KB), rate=60 * KB))
+        urls.append(sim.url(f"/n{i}"))
+    child = _spawn(procs, "offline", "-i", str(_list_file(tmp_path, "l.txt", urls)), jobs=2)
+    _until(
+        lambda: sum(1 for r in _entries(home) if r["on_disk"] > 0) == 2 or not child.running(),
+        "two downloads running",
+    )
+    child.popen.send_signal(signal.SIGINT)
+    assert child.wait(15) == 130, child.stderr()
+    assert "4 product(s) not started: run the same command again" in child.stderr()
+    assert len(_entries(home)) == 2
+
+
+def test_progress_rows_keep_their_columns_with_a_long_name(sim: NetSim, home: Path) -> None:
+    """On a terminal a 200-character signed URL is shortened, so bytes and speed still show."""
+    import pty
+
+    long_query = "?Signature=" + "x" * 200
+    sim.add("/long.bin", Resource(os.urandom(200 * KB), rate=200 * KB))
+    url = sim.url("/long.bin") + long_query
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLINE_CLI_")}
+    env.update({"OFFLINE_CLI_HOME": str(home), "COLUMNS": "80", "TERM": "xterm"})
+    main, child_end = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "offline_cli", "offline", url],
+        stdin=child_end,
+        stdout=child_end,
+        stderr=child_end,
+        env=env,
+        close_fds=True,
+    )
+    os.close(child_end)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the child closed its end
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(main)
+    assert proc.wait(30) == 0, output
+    text = output.decode("utf-8", "replace")
+    assert "…" in text  # the name was shortened in the middle
+    assert "kB" in text and "/s" in text, text[-2000:]  # and the columns are there
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0.5", "less than 1 byte a second"),
+        ("2MB", "a number, or with k, M or g"),
+        ("-1k", "malformed rate"),
+        ("inf", "malformed rate"),
+    ],
+)
+def test_bad_rates_are_refused_with_the_accepted_forms(
+    cli, home: Path, value: str, message: str
+) -> None:
+    result = cli("offline", "--limit-rate", value, "http://127.0.0.1:9/x")
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert not (home / "offline.db").exists()  # nothing was done
+
+
+def test_a_rate_in_the_config_file_may_be_a_number_or_a_string(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from offline_cli.config import load_settings
+
+    config = tmp_path / "config.toml"
+    monkeypatch.setenv("OFFLINE_CLI_CONFIG", str(config))
+    for text, rate in (("1.5", 1), ("2048", 2048), ('"2M"', 2 << 20), ('"1.5k"', 1536)):
+        config.write_text(f"limit_rate = {text}\n")
+        assert load_settings(tmp_path / "home").limit_rate == rate, text
+
+
+def test_input_may_be_given_several_times(cli, sim: NetSim, home: Path, tmp_path: Path) -> None:
+    urls = []
+    for i in range(3):
+        sim.add(f"/i{i}", Resource(os.urandom(10 * KB)))
+        urls.append(sim.url(f"/i{i}"))
+    first = _list_file(tmp_path, "a.txt", urls[:1])
+    second = _list_file(tmp_path, "b.txt", urls[1:2])
+    result = cli("offline", "-i", str(first), "-i", str(second), urls[2])
+    assert result.exit_code == 0, result.output
+    for url in urls:
+        assert cli("state", url).stdout.strip() == "OFFLINED_AND_VALID"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from offline_cli.errors import DownloadCancelled, HTTPStatusError
+from offline_cli.errors import DownloadCancelled, DownloadInterrupted, HTTPStatusError
 from offline_cli.models import DownloadState, MediaProduct, ProductType
 from offline_cli.store import Store
 from tests.conftest import RecordingListener
@@ -219,3 +219,22 @@ def test_connections_are_reused_per_host(make_engine, sim: NetSim, jobs: int) ->
 
     assert [r.error for r in results] == [None] * len(names)
     assert 1 <= sim.connections <= jobs
+
+
+def test_interrupt_stops_one_call_and_the_next_starts_afresh(make_engine, sim: NetSim) -> None:
+    sim.add("/slow", Resource(b"s" * SIZE, rate=200_000))
+    sim.add("/next", Resource(b"n" * 10_000))
+    listener = ThreadsListener()
+    engine = make_engine(listener, jobs=2, monotonic=time.monotonic)
+    slow = _product(sim, "slow")
+    thread, out = _run_in_thread(lambda: engine.offline(slow))
+    assert wait_for(lambda: listener.bytes.get(slow.key, 0) > 20_000, 10)
+
+    engine.interrupt()
+    thread.join(30)
+    # the single-product API raises an OfflineError, not an internal signal
+    assert isinstance(out.get("error"), DownloadInterrupted), out
+
+    results = engine.offline_products([_product(sim, "next")])
+    assert [r.error for r in results] == [None]
+    assert engine.offline(slow) is True  # resumed from its bytes, not refused
