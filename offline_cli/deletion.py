@@ -115,17 +115,28 @@ class Deleter:
                 f"were not deleted: {', '.join(stuck)}; everything else was",
                 hint="they have been asked to cancel; run delete-all again in a moment",
             )
-        # Anything else in the store and partial folders is an orphan of nothing.
-        for folder in (self.rt().layout.store_dir, self.rt().layout.partial_dir):
+        # Anything else in the store and partial folders is an orphan of nothing, but for
+        # the files of a download that started (or committed) since the products were
+        # listed: a download of another process may begin at any time.
+        rt = self.rt()
+        in_use = False
+        for folder in (rt.layout.store_dir, rt.layout.partial_dir):
             if folder.is_symlink():
                 folder.unlink()
                 continue
-            if folder.exists():
-                for child in list(folder.iterdir()):
-                    if child.is_dir() and not child.is_symlink():
-                        safe_remove_tree(self.rt().layout, child)
-                    else:
-                        safe_remove(self.rt().layout, child)
-        safe_remove(self.rt().layout, self.rt().layout.credentials_file)
+            if not folder.exists():
+                continue
+            for child in list(folder.iterdir()):
+                if child.is_dir() and not child.is_symlink():
+                    if any(rt.files.in_use(f) for f in child.iterdir()):
+                        in_use = True
+                        continue
+                    safe_remove_tree(rt.layout, child)
+                elif rt.files.in_use(child):
+                    in_use = True
+                else:
+                    safe_remove(rt.layout, child)
+        if not in_use:  # the vault still holds the full URLs of those downloads
+            safe_remove(rt.layout, rt.layout.credentials_file)
         self.rt().telemetry.event("all_deleted", count=len(keys))
         return len(keys)

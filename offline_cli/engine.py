@@ -202,6 +202,11 @@ class OfflineEngine:
         with self._setup_lock:
             store = self.store
             if self._runtime is None or self._runtime.store is not store:
+                telemetry = Telemetry(
+                    store,
+                    metrics=self.settings.enhanced_download_management,
+                    monotonic=self._monotonic,
+                )
                 self._runtime = Runtime(
                     settings=self._effective_settings(),
                     layout=self.layout,
@@ -209,11 +214,7 @@ class OfflineEngine:
                     vault=self.vault,
                     files=StoreFiles(self.layout, store, self.foreign_paths),
                     locks=self.locks,
-                    telemetry=Telemetry(
-                        store,
-                        metrics=self.settings.enhanced_download_management,
-                        monotonic=self._monotonic,
-                    ),
+                    telemetry=telemetry,
                     listener=self.listener,
                     policy=RetryPolicy(
                         retries=self.settings.retries if self.settings.download_retry else 0,
@@ -223,7 +224,7 @@ class OfflineEngine:
                     ),
                     network_monitor=self._monitor,
                     watchdog=self._watchdog,
-                    progress=ProgressBoard(store, self._watchdog),
+                    progress=ProgressBoard(store, self._watchdog, also=telemetry.flush),
                     clock=self._clock,
                     monotonic=self._monotonic,
                     sleep=self._sleep,

@@ -215,13 +215,16 @@ class CleanupManager:
         first_seen = self._database_first_seen(now) - MTIME_SLACK_S
         grace = max(rt.settings.retention, MIN_ORPHAN_GRACE_S)
         keep_older_than_database = now - first_seen < grace
-        owned = store.referenced_paths()
-        for active in store.list_downloads(
+        # The running downloads first, then what is committed: a commit that lands between
+        # the two reads is in one of them (read the other way round, in neither).
+        active = store.list_downloads(
             [DownloadState.PENDING, DownloadState.IN_PROGRESS, DownloadState.PAUSED]
-        ):
+        )
+        owned = store.referenced_paths()
+        for running in active:
             # A commit in flight has renamed its files to their final names already.
-            owned.add(str(layout.final_media_path(active.product_key, active.id)))
-            owned.add(str(layout.final_license_path(active.product_key, active.id)))
+            owned.add(str(layout.final_media_path(running.product_key, running.id)))
+            owned.add(str(layout.final_license_path(running.product_key, running.id)))
         for folder in (layout.store_dir, layout.partial_dir):
             if not folder.is_dir() or folder.is_symlink():
                 continue
@@ -238,6 +241,8 @@ class CleanupManager:
                         continue
                     if keep_older_than_database and mtime < first_seen:
                         continue
+                    if rt.files.in_use(path):
+                        continue  # a download that started (or committed) since the reads
                     report.items.append(CleanupItem("orphan", str(path), None, _size(path)))
                     if not dry_run:
                         safe_remove(layout, path)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from offline_cli.models import DownloadEntry
+from offline_cli.models import DownloadEntry, DownloadState
 from offline_cli.paths import Layout, product_dir_name, safe_remove
 from offline_cli.store import Store
 
@@ -50,6 +50,24 @@ class StoreFiles:
             self.foreign_paths.setdefault(
                 product_key, f"{column} {raw!r} is not a file of the store; left in place"
             )
+
+    def in_use(self, path: Path) -> bool:
+        """Whether a file of the store or partial folder belongs, by the database as it is
+        now, to a download that is not over (or to the product a download committed).
+
+        Asked again just before a sweep removes a file: a download that started, or a
+        commit that landed, after the sweep read the database must keep its files.
+        """
+        download_id = path.name[:32]
+        if len(download_id) != 32 or not all(c in "0123456789abcdef" for c in download_id):
+            return False
+        entry = self.store.get_download(download_id)
+        if entry is None or entry.state is DownloadState.CANCELLED:
+            return False
+        if entry.state is not DownloadState.COMPLETED:
+            return True
+        offlined = self.store.get_offlined(entry.product_key)
+        return offlined is not None and str(path) in (offlined.media_path, offlined.license_path)
 
     def partials_are_own(self, entry: DownloadEntry) -> bool:
         return all(

@@ -171,9 +171,13 @@ class ProgressBoard:
     the transfer of one whose cancel signal is set).
     """
 
-    def __init__(self, store: Store, watchdog: Watchdog) -> None:
+    def __init__(
+        self, store: Store, watchdog: Watchdog, also: Callable[[], None] = lambda: None
+    ) -> None:
         self._store = store
         self._watchdog = watchdog
+        # Run at each tick too (the telemetry's flush: metric rows wait at most a tick).
+        self._also = also
         self._lock = threading.Lock()
         # download id -> (its cancel signal, its tick, the progress to write or None)
         self._runs: dict[str, tuple[Cancel, Callable[[], None]]] = {}
@@ -209,6 +213,8 @@ class ProgressBoard:
         with self._lock:
             runs = dict(self._runs)
             pending, self._pending = self._pending, {}
+        with suppress(Exception):
+            self._also()
         if not runs:
             return
         try:

@@ -344,6 +344,8 @@ class Transfer:
         self._response: httpx.Response | None = None
         # The connection of the request in flight, known before any header arrives.
         self._stream: Any = None
+        self._new_connection = False
+        self._claimed: list[Any] = []
         # The origin the request in flight goes to (after a redirect: the new host).
         self._origin: _Origin | None = None
         # The header deadline: since when (monotonic) the status line and headers are
@@ -450,6 +452,7 @@ class Transfer:
                 self.product,
                 self.stall_timeout_s,
                 redirected_from=self._answered_host,
+                reused_connection=not self._new_connection,
             ) from exc
 
     def _request(self, offset: int) -> TransferResult | None:
@@ -465,6 +468,10 @@ class Transfer:
                 headers["If-Range"] = if_range
         self.stats.requests += 1
         self._answered_host = None
+        # Whether this request opened a connection of its own (else it reuses a pooled one),
+        # and every connection it claimed (a redirect's hops each have one).
+        self._new_connection = False
+        self._claimed = []
         extensions = {"trace": self._trace}
         with contextlib.ExitStack() as stack:
             with self._header_deadline():
@@ -483,12 +490,14 @@ class Transfer:
             self._response = response
             stream = response.extensions.get("network_stream")
             _claim_stream(stream, id(self))
+            self._claimed.append(stream)
             try:
                 return self._handle(response, offset)
             finally:
                 self._response = None
-                _release_stream(stream, id(self))
-                _release_stream(self._stream, id(self))
+                for claimed in self._claimed:
+                    _release_stream(claimed, id(self))
+                self._claimed = []
 
     @contextlib.contextmanager
     def _header_deadline(self) -> Iterator[None]:
@@ -544,12 +553,14 @@ class Transfer:
         """httpcore's trace hook: remember a new connection's stream as soon as it opens,
         and time the wait for each response's headers (see _header_deadline)."""
         if event == "connection.connect_tcp.started":
+            self._new_connection = True
             self._origin = (str(info.get("host")), int(info.get("port") or 0))
         elif event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
             self._stream = info.get("return_value")
             if self._stream is not None and self._origin is not None:
                 _remember_stream(self.client, self._stream, self._origin)
                 _claim_stream(self._stream, id(self))
+                self._claimed.append(self._stream)
         elif event == "http11.send_request_headers.started":
             origin = info["request"].url.origin
             self._origin = (origin.host.decode("ascii"), origin.port)
@@ -934,6 +945,7 @@ def wrap_http_error(
     stall_timeout_s: float,
     *,
     redirected_from: str | None = None,
+    reused_connection: bool = False,
 ) -> DownloadError:
     """Translate an httpx error into our tree; the caller raises it ``from exc``.
 
@@ -990,6 +1002,15 @@ def wrap_http_error(
         reason = _reason(exc)
         if reason == "Receive buffer too long":  # h11's words for httpcore's 100 KiB limit
             reason = "response header larger than 100 KiB"
+        if reused_connection:
+            # On a kept-alive connection the bytes may be what the previous answer sent
+            # beyond its length (a file that grew while served): not this product's fault.
+            # httpcore drops that connection; the retry opens a new one.
+            return NetworkError(
+                f"bad HTTP response from {host} on a reused connection: {reason[:120]}",
+                product=product,
+                url=url,
+            )
         return PermanentError(
             f"bad HTTP response from {host}: {reason[:120]}", product=product, url=url
         )

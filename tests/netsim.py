@@ -37,7 +37,8 @@ class Fault:
     stall_s: float = 5.0
     body: bytes | None = None  # the new body for "change"
     # also "ignore_if_range": serve the range even when If-Range names another version, and
-    # "hold": send nothing at all (not even a status line) for stall_s, then hang up
+    # "hold": send nothing at all (not even a status line) for stall_s, then hang up, and
+    # "extra": send ``body`` (or a line of junk) after the body, beyond Content-Length
 
 
 @dataclass
@@ -214,6 +215,12 @@ class NetSim:
         if fault is not None and fault.kind in ("cut", "reset", "stall"):
             limit = min(limit, max(0, fault.at - start))
         sent = self._send_body(req, payload[:limit], resource.rate)
+        if fault is not None and fault.kind == "extra":
+            # More than Content-Length said, on a connection kept alive (a file that grew
+            # while it was served): the next answer on it starts with these bytes.
+            with contextlib.suppress(OSError):
+                req.wfile.write(fault.body or b"surplus bytes past the length\r\n")
+                req.wfile.flush()
         entry = Served(path, status, range_header, if_range, sent, dict(req.headers.items()))
         with self._lock:
             self.log.append(entry)

@@ -238,3 +238,58 @@ def test_interrupt_stops_one_call_and_the_next_starts_afresh(make_engine, sim: N
     results = engine.offline_products([_product(sim, "next")])
     assert [r.error for r in results] == [None]
     assert engine.offline(slow) is True  # resumed from its bytes, not refused
+
+
+def test_bytes_past_one_answer_never_fail_the_next_product_on_the_connection(
+    make_engine, sim: NetSim
+) -> None:
+    """A server that sends more than its Content-Length (a file that grew while served)
+    leaves those bytes on the kept-alive connection: the next product's request, which
+    reuses it, reads them as its status line. That product is retried on a new connection,
+    never failed for good (curl drops such a connection too: "Excess found")."""
+    sim.add("/grew", Resource(b"g" * 20_000, faults=[Fault("extra")]))
+    sim.add("/next", Resource(b"n" * 20_000))
+    listener = ThreadsListener()
+    engine = make_engine(listener, jobs=1)
+
+    results = engine.offline_products([_product(sim, "grew"), _product(sim, "next")])
+
+    assert [r.error for r in results] == [None, None]
+    assert engine.store.get_offlined("file:next").size == 20_000  # type: ignore[union-attr]
+
+
+def test_a_sweep_keeps_the_files_of_downloads_the_database_says_are_not_over(
+    make_engine, sim: NetSim, home: Path
+) -> None:
+    """cleanup and delete-all ask again, file by file, just before removing: a download
+    that started (or a commit that landed) after their first read keeps its files."""
+    from offline_cli.ownership import StoreFiles
+    from offline_cli.paths import Layout
+
+    sim.add("/done", Resource(b"d" * 10_000))
+    engine = make_engine()
+    engine.offline(_product(sim, "done"))
+    layout = Layout(home)
+    files = StoreFiles(layout, engine.store)
+    stored = engine.store.get_offlined("file:done")
+    assert stored is not None
+    running = engine.store.downloads.create(
+        product_key="file:running",
+        product_type=ProductType.FILE,
+        product_id="running",
+        media_url="http://127.0.0.1:9/running",
+        license_url=None,
+        expected_sha256=None,
+        partial_media_path=layout.partial_media_path,
+        partial_license_path=layout.partial_license_path,
+        state=DownloadState.IN_PROGRESS,
+    )
+    partial = Path(running.partial_media_path or "")
+    committed_elsewhere = layout.final_media_path("file:done", running.id)
+
+    assert files.in_use(Path(stored.media_path))  # committed and named by its product
+    assert files.in_use(partial)  # a download that is not over
+    assert files.in_use(committed_elsewhere)  # its commit may be in flight
+    engine.store.downloads.transition(running.id, DownloadState.CANCELLED)
+    assert not files.in_use(partial)  # cancelled: an orphan
+    assert not files.in_use(layout.partial_dir / "not-a-download.part")
