@@ -363,6 +363,9 @@ class ProductRun(OfflineEngineListener):
 
     def _progress(self, part: str, done: int, total: int | None) -> None:
         self.sizes[part] = (done, total)
+        if total is not None:
+            # What is on disk now counts as used, not as still to come.
+            self.rt.space.claim(id(self), total - done)
         all_done, all_total = self._totals()
         now = self.rt.monotonic()
         finished = all_total is not None and all_done >= all_total
@@ -436,7 +439,9 @@ class ProductRun(OfflineEngineListener):
             throttle=(lambda n: self._wait(limiter.consume(n))) if limiter else None,
             read_size=_read_size(limiter.rate, rt.settings.jobs) if limiter else None,
             watch=rt.watchdog.every,
-            disk_free=rt.disk_free,
+            # The free space less what the other running downloads still have to write.
+            disk_free=lambda path: rt.disk_free(path) - rt.space.others(id(self)),
+            claim_space=lambda nbytes: rt.space.claim(id(self), nbytes),
             stall_timeout_s=rt.settings.stall_timeout,
             min_speed=rt.settings.min_speed,
             monotonic=rt.monotonic,
@@ -549,6 +554,7 @@ class ProductRun(OfflineEngineListener):
         finally:
             undo()
             unwatch()
+            self.rt.space.release(id(self))
 
     def _run(self) -> None:
         layout = self.rt.layout

@@ -158,6 +158,28 @@ class Watchdog:
             self._stop = threading.Event()
 
 
+class SpaceClaims:
+    """The bytes each running download of this process still has to write, so one that
+    checks the free space counts what the others will take (eight downloads at once must
+    not each believe the whole free space is theirs)."""
+
+    def __init__(self) -> None:
+        self._claims: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def claim(self, owner: int, nbytes: int) -> None:
+        with self._lock:
+            self._claims[owner] = max(0, nbytes)
+
+    def release(self, owner: int) -> None:
+        with self._lock:
+            self._claims.pop(owner, None)
+
+    def others(self, owner: int) -> int:
+        with self._lock:
+            return sum(n for o, n in self._claims.items() if o != owner)
+
+
 # How often the progress of running downloads is written (and a cancel request noticed).
 PROGRESS_PERSIST_INTERVAL_S = 0.5
 
@@ -256,6 +278,7 @@ class Runtime:
     # Hosts that honour If-Range only with a date (transfer.py): shared by all products.
     date_if_range_hosts: set[str] = field(default_factory=set)
     fault: FaultHook = no_faults
+    space: SpaceClaims = field(default_factory=SpaceClaims)
 
     def wait(self, seconds: float, cancel: Cancel, product: str) -> None:
         """Wait ``seconds`` unless ``cancel`` is set first (then raise, as it says)."""

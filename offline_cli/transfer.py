@@ -300,6 +300,7 @@ class Transfer:
         check_stop: Callable[[], None] = lambda: None,
         throttle: Callable[[int], None] | None = None,
         read_size: int | None = None,
+        claim_space: Callable[[int], None] | None = None,
         watch: Callable[[float, Callable[[], None]], Callable[[], None]] | None = None,
         disk_free: Callable[[Path], int] = lambda p: shutil.disk_usage(p).free,
         stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
@@ -320,6 +321,9 @@ class Transfer:
         # Bytes a read hands over at most (None: what httpcore reads, 64 KiB). Under a low
         # rate limit smaller reads keep what lands on disk close to the budget.
         self.read_size = read_size
+        # Told how many bytes this transfer is about to write once it has checked there is
+        # room (other downloads of the process then count them as taken).
+        self.claim_space = claim_space
         # Runs a check every so often until told to stop (the engine's one watchdog thread);
         # without one, each request's header deadline gets a thread of its own.
         self.watch = watch
@@ -413,6 +417,8 @@ class Transfer:
                 f"{human_bytes(free)} free",
                 hint="free some space or point $OFFLINE_CLI_HOME at a larger disk",
             )
+        if self.claim_space is not None:
+            self.claim_space(needed)
 
     # -- one try ------------------------------------------------------------------------
 

@@ -293,3 +293,20 @@ def test_a_sweep_keeps_the_files_of_downloads_the_database_says_are_not_over(
     engine.store.downloads.transition(running.id, DownloadState.CANCELLED)
     assert not files.in_use(partial)  # cancelled: an orphan
     assert not files.in_use(layout.partial_dir / "not-a-download.part")
+
+
+def test_downloads_at_once_count_each_others_space(make_engine, sim: NetSim) -> None:
+    """Three 300 kB downloads at once on a disk with room for about two: the third is
+    refused before it writes (not all three failing half-way when the disk fills)."""
+    from offline_cli.errors import DiskFull
+
+    for name in ("s1", "s2", "s3"):
+        sim.add(f"/{name}", Resource(name.encode() * 150_000, rate=600_000))
+    free = 2 * 300_000 + 262_144 + 100_000  # two files, the database's reserve, and a bit
+    engine = make_engine(jobs=3, disk_free=lambda _path: free)
+
+    results = engine.offline_products([_product(sim, n) for n in ("s1", "s2", "s3")])
+
+    failed = [r for r in results if r.error is not None]
+    assert len(failed) == 1 and isinstance(failed[0].error, DiskFull), results
+    assert "not enough disk space" in str(failed[0].error)
