@@ -101,7 +101,6 @@ class _OneLineErrors(typer.core.TyperGroup):
         # Without standalone mode typer returns the exit code (130 for Ctrl-C) or None.
         code = result if isinstance(result, int) else EXIT_OK
         if code == EXIT_SIGINT:
-            _ignore_further_signals()
             _print_error(_interrupted_line("interrupted"))
         sys.exit(code)
 
@@ -1133,13 +1132,6 @@ def _interrupted_line(what: str) -> str:
     return line
 
 
-def _ignore_further_signals() -> None:
-    """The downloads are saved: a second Ctrl-C must not cut the exit short (Python joins
-    the worker threads on the way out, and an interrupted join prints a traceback)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
 def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
 
@@ -1150,11 +1142,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         app(args=list(argv) if argv is not None else None, prog_name=PROG)
     except KeyboardInterrupt:
-        _ignore_further_signals()
         _print_error(_interrupted_line("interrupted"))
         sys.exit(EXIT_SIGINT)
     except Terminated:
-        _ignore_further_signals()
         _print_error(_interrupted_line("terminated"))
         sys.exit(EXIT_SIGTERM)
     finally:

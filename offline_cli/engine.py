@@ -39,7 +39,6 @@ from offline_cli.errors import (
     PermanentError,
     StorageError,
     StoreUnwritable,
-    Terminated,
     UsageError,
 )
 from offline_cli.listener import OfflineEngineListener
@@ -77,8 +76,6 @@ log = logging.getLogger("offline_cli")
 LAST_MAINTENANCE_KEY = "last_maintenance_at"
 # How often a thread that waits (for another process's lock, for workers) looks up.
 PROGRESS_WAIT_S = 0.25
-# How long an interrupted batch waits for its workers to save their downloads as PAUSED.
-STOP_WAIT_S = 15.0
 
 
 class Outcome(enum.Enum):
@@ -511,8 +508,7 @@ class OfflineEngine:
                     done(futures[future], future.result())
         except BaseException:
             self.interrupt()
-            pool.shutdown(wait=False, cancel_futures=True)
-            _wait_through_signals(list(futures), STOP_WAIT_S)
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
 
@@ -704,20 +700,3 @@ class OfflineEngine:
 
         self.flush_metrics()
         return build_health_report(self.store, self._clock, since_s)
-
-
-def _wait_through_signals(futures: list[Future[ProductResult]], limit_s: float) -> None:
-    """Wait (up to ``limit_s``) for interrupted workers to save their downloads as PAUSED.
-
-    A second Ctrl-C (or SIGTERM) meanwhile does not cut the wait short: an interrupted
-    thread join can leave its lock broken (and print a traceback instead of the exit code),
-    and a worker stopped half-way through saving would leave its entry IN_PROGRESS.
-    """
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        try:
-            _, pending = wait_for(futures, timeout=PROGRESS_WAIT_S)
-        except (KeyboardInterrupt, Terminated):
-            continue
-        if not pending:
-            return
