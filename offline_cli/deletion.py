@@ -37,13 +37,14 @@ class Deleter:
         `delete` finishes it.
         """
         cancelled_running = False
+        rt = self.rt()  # again after a reopen: that gives a new store
         try:
-            lock = self.rt().locks.lock(key)
+            lock = rt.locks.lock(key)
             lock.acquire(timeout=LOCK_PROBE_GRACE_S, poll_interval=LOCK_POLL_S / 5)
         except Timeout:
             cancelled_running = True
-            self.rt().store.downloads.request_cancel(key)
-            self.rt().telemetry.event("cancel_requested", product=key)
+            rt.store.downloads.request_cancel(key)
+            rt.telemetry.event("cancel_requested", product=key)
             try:
                 lock.acquire(timeout=CANCEL_WAIT_S, poll_interval=LOCK_POLL_S)
             except Timeout:
@@ -55,27 +56,28 @@ class Deleter:
                     hint="it has been asked to cancel; run delete again in a moment",
                 ) from None
         except OSError as exc:  # after Timeout, which is an OSError too
-            raise self.rt().locks.failed(key, exc) from exc
+            raise rt.locks.failed(key, exc) from exc
         try:
-            rows = self.rt().store.product_rows(key)
+            rows = rt.store.product_rows(key)
             if rows.empty:
                 return False
             # The download this delete cancelled keeps its CANCELLED entry (no files) as a
             # record; cleanup removes it after the retention age.
             keep = rows.cancelled_ids if cancelled_running else set()
             try:
-                self.rt().store.forget_product(key, keep=keep)
+                rt.store.forget_product(key, keep=keep)
             except StoreUnwritable as exc:
                 if not exc.disk_full:
                     raise
                 self._remove_product_files(key, rows)
                 self._reopen().forget_product(key, keep=keep)
+                rt = self.rt()
             self._remove_product_files(key, rows)
             try:
-                self.rt().vault.forget(list(rows.urls))
+                rt.vault.forget(list(rows.urls))
             except OSError as exc:  # a full disk: the vault is rewritten whole
                 log.warning("%s: credentials not forgotten yet: %s", key, exc)
-            self.rt().telemetry.event("product_deleted", product=key)
+            rt.telemetry.event("product_deleted", product=key)
             return True
         finally:
             lock.release()
@@ -83,18 +85,19 @@ class Deleter:
     def _remove_product_files(self, key: str, rows: ProductRows) -> None:
         """Remove a product's files (only files of the store that are this product's); what
         fails is an orphan for cleanup, since no entry owns it any more."""
+        rt = self.rt()
         try:
             for raw in rows.paths:
-                path = self.rt().files.own_final_file(raw, key)
+                path = rt.files.own_final_file(raw, key)
                 if path is None:
-                    partial = self.rt().layout.own_file(raw, key, partial=True)
+                    partial = rt.layout.own_file(raw, key, partial=True)
                     owned = partial is not None and partial.name[:32] in rows.download_ids
                     path = partial if owned else None
                 if path is None:
-                    self.rt().files.report_foreign_path(key, "path", raw)
+                    rt.files.report_foreign_path(key, "path", raw)
                 else:
-                    safe_remove(self.rt().layout, path)
-            safe_remove_tree(self.rt().layout, self.rt().layout.product_dir(key))
+                    safe_remove(rt.layout, path)
+            safe_remove_tree(rt.layout, rt.layout.product_dir(key))
         except OSError as exc:
             log.warning("%s: files not removed yet: %s", key, exc)
 
@@ -138,5 +141,5 @@ class Deleter:
                     safe_remove(rt.layout, child)
         if not in_use:  # the vault still holds the full URLs of those downloads
             safe_remove(rt.layout, rt.layout.credentials_file)
-        self.rt().telemetry.event("all_deleted", count=len(keys))
+        rt.telemetry.event("all_deleted", count=len(keys))
         return len(keys)

@@ -21,7 +21,7 @@ from concurrent.futures import wait as wait_for
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from filelock import Timeout
 
@@ -315,12 +315,6 @@ class OfflineEngine:
                 self._vault = CredentialVault(self.layout.credentials_file)
             return self._vault
 
-    def _event(self, event: str, **fields: Any) -> None:
-        self.runtime.telemetry.event(event, **fields)
-
-    def _record(self, event: str, **fields: Any) -> None:
-        self.runtime.telemetry.record(event, **fields)
-
     # -- state ----------------------------------------------------------------------------
 
     def reader(self) -> StoreReader:
@@ -390,7 +384,7 @@ class OfflineEngine:
                 ) from None
             entry = self.store.latest_download(product.key)
             self.listener.offlining_waiting_for_other(product, entry.owner_pid if entry else None)
-            self._event("waiting_for_other_process", product=product.key)
+            self.runtime.telemetry.event("waiting_for_other_process", product=product.key)
             while True:
                 if self._stopping.is_set():
                     raise DownloadInterrupted(
@@ -588,13 +582,6 @@ class OfflineEngine:
         self.listener.offlining_started(product)
         self.listener.offlining_failed(product, error)
         raise error
-
-    def own_final_file(self, raw: str | None, product_key: str) -> Path | None:
-        """The committed file ``raw`` names when it is one of ``product_key``'s (StoreFiles)."""
-        return self.runtime.files.own_final_file(raw, product_key)
-
-    def report_foreign_path(self, product_key: str, column: str, raw: str) -> None:
-        self.runtime.files.report_foreign_path(product_key, column, raw)
 
     # -- delete ------------------------------------------------------------------------------
 

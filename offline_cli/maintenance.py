@@ -290,7 +290,7 @@ def full_check(
 ) -> str | None:
     """None when the product is valid in full (files, sizes, SHA-256, license), else why.
 
-    With ``own_file`` (OfflineEngine.own_final_file), a file is only read where the store
+    With ``own_file`` (StoreFiles.own_final_file), a file is only read where the store
     keeps it: a product folder replaced by a link, or a path that is not one of this
     product's files in the store, makes the product invalid, unread.
     """

@@ -138,8 +138,8 @@ class Watchdog:
             while not stop.wait(self.TICK_S):
                 now = time.monotonic()
                 with self._lock:
-                    due = [(c, n, i) for i, c, n in self._checks.values() if n[0] <= now]
-                for check, next_at, interval in due:
+                    due = [entry for entry in self._checks.values() if entry[2][0] <= now]
+                for interval, check, next_at in due:
                     next_at[0] = now + interval
                     # A failing check must not end the watch of every other download.
                     with suppress(Exception):
@@ -201,7 +201,7 @@ class ProgressBoard:
         # Run at each tick too (the telemetry's flush: metric rows wait at most a tick).
         self._also = also
         self._lock = threading.Lock()
-        # download id -> (its cancel signal, its tick, the progress to write or None)
+        # download id -> (its cancel signal, its tick); and the progress not written yet
         self._runs: dict[str, tuple[Cancel, Callable[[], None]]] = {}
         self._pending: dict[str, tuple[int, int | None]] = {}
         self._stop_watching: Callable[[], None] | None = None

@@ -1340,17 +1340,8 @@ class DownloadStateManager:
         bytes_total: int | None,
     ) -> bool:
         """Record progress; returns True when another process asked to cancel."""
-        progress = min(1.0, bytes_done / bytes_total) if bytes_total else 0.0
-        values: dict[str, Any] = {
-            "bytes_done": bytes_done,
-            "bytes_total": bytes_total,
-            "progress": progress,
-            "updated_at": self._store.clock(),
-        }
-        with self._store.transaction():
-            self._update(download_id, values)
-            row = self._column(download_id, "cancel_requested")
-        return row is None or bool(row[0])
+        progress = {download_id: (bytes_done, bytes_total)}
+        return download_id in self.sync_progress(progress, [download_id])
 
     def sync_progress(
         self, progress: dict[str, tuple[int, int | None]], watched: Collection[str]

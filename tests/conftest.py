@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from offline_cli.config import Settings
 from offline_cli.engine import OfflineEngine
 from offline_cli.listener import OfflineEngineListener
-from offline_cli.models import MediaProduct
+from offline_cli.models import DownloadEntry, DownloadState, MediaProduct, ProductType
+from offline_cli.paths import Layout
 from tests.netsim import NetSim
 from tests.procutil import Procs
 
@@ -193,3 +194,28 @@ def procs(home: Path, tmp_path: Path) -> Iterator[Procs]:
         yield runner
     finally:
         runner.close()
+
+
+def new_download(
+    store: Any,
+    key: str,
+    *,
+    state: DownloadState = DownloadState.PENDING,
+    license_url: str | None = None,
+    media_url: str | None = None,
+) -> DownloadEntry:
+    """A download entry of product ``key`` (``TYPE:ID``) as a download starts one, with
+    the partial paths of the store's home; nothing is fetched."""
+    layout = Layout(store.path.parent)
+    type_name, _, product_id = key.partition(":")
+    return store.downloads.create(  # type: ignore[no-any-return]
+        product_key=key,
+        product_type=ProductType(type_name),
+        product_id=product_id,
+        media_url=media_url or f"http://127.0.0.1:9/{product_id}",
+        license_url=license_url,
+        expected_sha256=None,
+        partial_media_path=layout.partial_media_path,
+        partial_license_path=layout.partial_license_path,
+        state=state,
+    )

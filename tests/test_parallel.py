@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from offline_cli.models import ProductType
 from offline_cli.paths import Layout
 from offline_cli.ratelimit import BURST_S, MIN_BURST_BYTES, RateLimiter
 from offline_cli.store import Store
+from tests.conftest import new_download
 from tests.netsim import Fault, NetSim, Resource, wait_for
 from tests.procutil import Child, Procs, integrity, partial_files, query, stored_media
 
@@ -419,17 +419,7 @@ def test_store_is_safe_across_threads_and_processes(
     store = Store(layout.database)
     ids: list[str] = []
     for i in range(32):
-        entry = store.downloads.create(
-            product_key=f"track:{i}",
-            product_type=ProductType.TRACK,
-            product_id=str(i),
-            media_url=f"http://127.0.0.1:9/{i}",
-            license_url=None,
-            expected_sha256=None,
-            partial_media_path=layout.partial_media_path,
-            partial_license_path=layout.partial_license_path,
-        )
-        ids.append(entry.id)
+        ids.append(new_download(store, f"track:{i}").id)
     mine, theirs = ids[:16], ids[16:]
 
     ready, go, stop = tmp_path / "ready", tmp_path / "go", tmp_path / "stop"

@@ -13,7 +13,7 @@ import pytest
 from offline_cli.errors import DownloadCancelled, DownloadInterrupted, HTTPStatusError
 from offline_cli.models import DownloadState, MediaProduct, ProductType
 from offline_cli.store import Store
-from tests.conftest import RecordingListener
+from tests.conftest import RecordingListener, new_download
 from tests.netsim import Fault, NetSim, Resource, wait_for
 
 SIZE = 400_000
@@ -168,18 +168,7 @@ def test_progress_of_all_running_downloads_is_written_in_one_flush(home: Path) -
     try:
         board = ProgressBoard(store, watchdog)
         entries = [
-            store.downloads.create(
-                product_key=f"file:{n}",
-                product_type=ProductType.FILE,
-                product_id=str(n),
-                media_url=f"http://127.0.0.1:9/{n}",
-                license_url=None,
-                expected_sha256=None,
-                partial_media_path=layout.partial_media_path,
-                partial_license_path=layout.partial_license_path,
-                state=DownloadState.IN_PROGRESS,
-            )
-            for n in range(3)
+            new_download(store, f"file:{n}", state=DownloadState.IN_PROGRESS) for n in range(3)
         ]
         cancels = [Cancel() for _ in entries]
         ticks: list[str] = []
@@ -273,17 +262,7 @@ def test_a_sweep_keeps_the_files_of_downloads_the_database_says_are_not_over(
     files = StoreFiles(layout, engine.store)
     stored = engine.store.get_offlined("file:done")
     assert stored is not None
-    running = engine.store.downloads.create(
-        product_key="file:running",
-        product_type=ProductType.FILE,
-        product_id="running",
-        media_url="http://127.0.0.1:9/running",
-        license_url=None,
-        expected_sha256=None,
-        partial_media_path=layout.partial_media_path,
-        partial_license_path=layout.partial_license_path,
-        state=DownloadState.IN_PROGRESS,
-    )
+    running = new_download(engine.store, "file:running", state=DownloadState.IN_PROGRESS)
     partial = Path(running.partial_media_path or "")
     committed_elsewhere = layout.final_media_path("file:done", running.id)
 

@@ -13,8 +13,8 @@ from pytest_httpserver import HTTPServer
 from offline_cli import MediaProduct, OfflineState, ProductType
 from offline_cli.errors import StorageError
 from offline_cli.models import ALLOWED_TRANSITIONS, DownloadState, ErrorKind
-from offline_cli.paths import Layout
 from offline_cli.store import SCHEMA_VERSION, DownloadStateManager, IllegalTransition, Store
+from tests.conftest import new_download
 
 
 class Clock:
@@ -38,18 +38,7 @@ def store(tmp_path: Path, store_clock: Clock) -> Iterator[Store]:
 
 
 def _create(store: Store, key: str = "track:1", license_url: str | None = None) -> str:
-    layout = Layout(store.path.parent)
-    entry = store.downloads.create(
-        product_key=key,
-        product_type=ProductType.TRACK,
-        product_id=key.partition(":")[2],
-        media_url="http://127.0.0.1:9/m",
-        license_url=license_url,
-        expected_sha256=None,
-        partial_media_path=layout.partial_media_path,
-        partial_license_path=layout.partial_license_path,
-    )
-    return entry.id
+    return new_download(store, key, license_url=license_url, media_url="http://127.0.0.1:9/m").id
 
 
 def _state(store: Store, download_id: str) -> DownloadState:
