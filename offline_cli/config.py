@@ -18,6 +18,7 @@ from offline_cli.models import (
     parse_count,
     parse_duration,
     parse_number,
+    parse_quality,
     parse_rate,
     shorten,
 )
@@ -51,6 +52,10 @@ class Settings:
     # downloads of one command at once (-j), and their shared byte budget a second (0: none)
     jobs: int = 4
     limit_rate: int = 0
+    # the variant of an HLS master playlist: best, worst or a BANDWIDTH; and a cap on best
+    # (bits a second, 0: none)
+    quality: str = "best"
+    max_bandwidth: int = 0
     # where products come from
     source: str | None = None
     # maintenance
@@ -110,6 +115,7 @@ SETTING_RANGES: dict[str, tuple[float, float]] = {
     "min_speed": (0, 10**9),  # bytes a second (1 GB/s); 0 switches the speed floor off
     "jobs": (1, 64),
     "limit_rate": (0, 10**12),  # bytes a second; 0 means no limit
+    "max_bandwidth": (0, 10**12),  # bits a second; 0 means no cap
 }
 # Settings written as a byte rate (``500k``, ``2M``; K = 1024 as curl counts).
 _RATES = {"limit_rate"}
@@ -295,6 +301,8 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             raise TypeError("expected a string")
         if name == "source":
             check_source_template(value)
+        if name == "quality":
+            return parse_quality(value)
         return value
     except UsageError as exc:
         raise ConfigError(f"{where}: invalid value for {name!r}: {exc.message}") from None

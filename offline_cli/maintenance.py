@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
@@ -13,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from offline_cli.bundle import folder_problem, index_mtime_ns, sha256_of
 from offline_cli.errors import OfflineError, StoreUnwritable
 from offline_cli.models import (
     LICENSE_EXPIRED,
@@ -21,14 +21,13 @@ from offline_cli.models import (
     OfflinedEntry,
     looks_like_url,
 )
-from offline_cli.paths import safe_remove
+from offline_cli.paths import HLS_FOLDER, safe_remove, tree_size
 from offline_cli.store import DATABASE_SEEN_KEY
 
 if TYPE_CHECKING:
     from offline_cli.runtime import Runtime
     from offline_cli.store import Store
 
-HASH_BLOCK = 1024 * 1024
 # Files older than the database itself are kept at least this long, whatever the retention.
 MIN_ORPHAN_GRACE_S = 86400.0
 # File times come from the kernel's coarse clock, a few ms behind time.time().
@@ -73,13 +72,6 @@ class CleanupReport:
             "files_removed": self.files_removed,
             "items": [asdict(i) for i in self.items],
         }
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.lstat().st_size
-    except OSError:
-        return 0
 
 
 class CleanupManager:
@@ -181,7 +173,7 @@ class CleanupManager:
             self.rt.files.report_foreign_path(key, column, raw)
             return
         if os.path.lexists(path):
-            report.items.append(CleanupItem("partial", str(path), key, _size(path)))
+            report.items.append(CleanupItem("partial", str(path), key, tree_size(path)))
             if not report.dry_run:
                 safe_remove(layout, path)
 
@@ -225,11 +217,16 @@ class CleanupManager:
             # A commit in flight has renamed its files to their final names already.
             owned.add(str(layout.final_media_path(running.product_key, running.id)))
             owned.add(str(layout.final_license_path(running.product_key, running.id)))
+            owned.add(str(layout.final_hls_path(running.product_key, running.id)))
         for folder in (layout.store_dir, layout.partial_dir):
             if not folder.is_dir() or folder.is_symlink():
                 continue
             for root, dirs, files in os.walk(folder, followlinks=False):
-                for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+                # An HLS product's folder is one item: kept or removed whole, never entered.
+                bundles = [d for d in dirs if HLS_FOLDER.fullmatch(d)]
+                dirs[:] = [d for d in dirs if d not in bundles]
+                links = [d for d in dirs if os.path.islink(os.path.join(root, d))]
+                for name in files + links + bundles:
                     path = Path(root) / name
                     if str(path) in owned:
                         continue
@@ -243,7 +240,7 @@ class CleanupManager:
                         continue
                     if rt.files.in_use(path):
                         continue  # a download that started (or committed) since the reads
-                    report.items.append(CleanupItem("orphan", str(path), None, _size(path)))
+                    report.items.append(CleanupItem("orphan", str(path), None, tree_size(path)))
                     if not dry_run:
                         safe_remove(layout, path)
 
@@ -263,22 +260,13 @@ class ValidationResult:
         return asdict(self)
 
 
-def _open_nofollow(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW)
-
-
-def sha256_of(path: Path) -> str:
-    """SHA-256 of a file, never of what a link at ``path`` points to (OSError then)."""
-    hasher = hashlib.sha256()
-    with open(path, "rb", opener=_open_nofollow) as f:
-        while block := f.read(HASH_BLOCK):
-            hasher.update(block)
-    return hasher.hexdigest()
-
-
-def _mtime_ns(path: str) -> int | None:
+def _mtime_ns(entry: OfflinedEntry) -> int | None:
+    """The modification time the cheap check compares: the media file's, or an HLS
+    product's local playlist's."""
+    if entry.is_hls:
+        return index_mtime_ns(Path(entry.media_path))
     try:
-        return os.stat(path, follow_symlinks=False).st_mtime_ns
+        return os.stat(entry.media_path, follow_symlinks=False).st_mtime_ns
     except OSError:
         return None
 
@@ -308,6 +296,11 @@ def full_check(
                 # Outside the home, or offline.db, credentials.json, another product's file.
                 return f"{name} path is not a file of the store (not read)"
             path = owned
+        if name == "media" and entry.parts is not None:
+            problem = folder_problem(path, entry.parts, mtime_ns=None, full=True)
+            if problem is not None:
+                return problem
+            continue
         if path.parent.is_symlink():
             return f"{name} folder is a symbolic link (not followed)"
         if path.is_symlink() or not path.is_file():
@@ -356,12 +349,12 @@ class Validator:
                     entries.append(found)
         results = [ValidationResult(key, False, "not offlined") for key in missing]
         for index, entry in enumerate(entries, 1):
-            mtime_before = _mtime_ns(entry.media_path)
+            mtime_before = _mtime_ns(entry)
             reason = full_check(entry, rt.clock(), rt.files.own_final_file)
             # Recorded so `state` answers OFFLINED_BUT_NOT_VALID without hashing again, and
             # VALID again once the bytes are proven right (even if the mtime moved).
             fresh_mtime = mtime_before if reason is None else None
-            if fresh_mtime is not None and fresh_mtime != _mtime_ns(entry.media_path):
+            if fresh_mtime is not None and fresh_mtime != _mtime_ns(entry):
                 fresh_mtime = None  # changed while hashing: prove nothing about the new bytes
             # A read-only store (full disk, read-only home) still answers; it just cannot
             # remember the verdict.
@@ -398,6 +391,13 @@ class Validator:
                     "no playback-info source to renew the license (give --source)",
                 )
             product = MediaProduct(entry.product_type, entry.product_id)
+        elif (
+            entry.is_hls
+            and self.rt.settings.source is not None
+            and not looks_like_url(entry.product_id)
+        ):
+            # Its segment URLs are signed and may have expired: ask the source again.
+            product = MediaProduct(entry.product_type, entry.product_id)
         else:
             expires = entry.license_expires_at
             product = MediaProduct(
@@ -406,6 +406,7 @@ class Validator:
                 url=self.rt.vault.reveal(entry.source_url),
                 license_url=self.rt.vault.reveal(entry.license_url),
                 license_expires_at=datetime.fromtimestamp(expires, UTC) if expires else None,
+                hls=entry.is_hls,
             )
         try:
             self.redownload(product)

@@ -110,6 +110,8 @@ class MediaProduct:
     sha256: str | None = None
     size: int | None = None
     license_expires_at: datetime | None = None
+    # ``url`` is an HLS playlist (the source said application/vnd.apple.mpegurl).
+    hls: bool = False
 
     @property
     def key(self) -> str:
@@ -273,6 +275,17 @@ def parse_rate(text: str) -> int:
     return int(value)
 
 
+def parse_quality(text: str) -> str:
+    """An HLS variant choice: ``best``, ``worst`` or a BANDWIDTH (bits a second)."""
+    value = text.strip().lower()
+    if value in ("best", "worst") or (_COUNT_RE.match(value) and len(value) < 16):
+        return value
+    raise UsageError(
+        f"malformed quality {shorten(text)!r}",
+        hint="best, worst, or a variant's BANDWIDTH in bits a second (e.g. 2000000)",
+    )
+
+
 def parse_number(text: str) -> float:
     """Parse a finite number >= 0 written in ASCII digits (``1024``, ``0.5``), or raise."""
     if _NUMBER_RE.match(text.strip()) is None:
@@ -321,6 +334,8 @@ class DownloadEntry:
     expected_size: int | None = None
     license_expires_at: float | None = None
     from_source: bool = False
+    # An HLS download: the variant it took (hls.StreamChoice as JSON); None for one file.
+    stream: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.progress <= 1.0:
@@ -350,3 +365,31 @@ class OfflinedEntry:
     mtime_ns: int
     completed_at: float
     invalid_reason: str | None = None
+    # An HLS product: ``media_path`` is its folder, holding these files; None for one file.
+    parts: tuple[StoredPart, ...] | None = None
+    stream: str | None = None  # the variant it took (hls.StreamChoice as JSON)
+
+    @property
+    def is_hls(self) -> bool:
+        return self.parts is not None
+
+
+@dataclass(frozen=True)
+class StoredPart:
+    """One file of a stored HLS product: its own name in the product's folder, what it is
+    (hls.PartKind), its size and SHA-256, and what it was fetched from (Part.identity)."""
+
+    name: str
+    kind: str
+    size: int
+    sha256: str
+    source: str
+
+    def to_dict(self) -> dict[str, str | int]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "size": self.size,
+            "sha256": self.sha256,
+            "source": self.source,
+        }

@@ -96,6 +96,7 @@ class StoreFiles:
         for final in (
             self.layout.final_media_path(entry.product_key, entry.id),
             self.layout.final_license_path(entry.product_key, entry.id),
+            self.layout.final_hls_path(entry.product_key, entry.id),
         ):
             if str(final) not in committed:
                 freed += safe_remove(self.layout, final)

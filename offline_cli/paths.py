@@ -17,8 +17,11 @@ from offline_cli.errors import StorageError
 APP_NAME = "offline-cli"
 HOME_ENV = "OFFLINE_CLI_HOME"
 # The names the store gives its files: a download id (uuid4 hex) and what the file holds.
-_FINAL_FILE = re.compile(r"(?P<id>[0-9a-f]{32})\.(?:media|license)")
-_PARTIAL_FILE = re.compile(r"(?P<id>[0-9a-f]{32})\.(?:media|license)\.part")
+# An HLS product is a folder (``<id>.hls``, ``<id>.hls.part`` while it downloads) of files
+# the tool named itself; it is owned, moved and removed as one.
+_FINAL_FILE = re.compile(r"(?P<id>[0-9a-f]{32})\.(?:media|license|hls)")
+_PARTIAL_FILE = re.compile(r"(?P<id>[0-9a-f]{32})\.(?:media|license|hls)\.part")
+HLS_FOLDER = re.compile(r"[0-9a-f]{32}\.hls(?:\.part)?")
 # Owner only, whatever the umask: licenses and credentials live in the home.
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
@@ -154,6 +157,12 @@ class Layout:
 
     def partial_license_path(self, download_id: str) -> Path:
         return self.partial_dir / f"{download_id}.license.part"
+
+    def final_hls_path(self, product_key: str, download_id: str) -> Path:
+        return self.product_dir(product_key) / f"{download_id}.hls"
+
+    def partial_hls_path(self, download_id: str) -> Path:
+        return self.partial_dir / f"{download_id}.hls.part"
 
     def lock_path(self, product_key: str) -> Path:
         return self.locks_dir / f"{product_dir_name(product_key)}.lock"
@@ -299,7 +308,8 @@ class Layout:
 
 
 def safe_remove(layout: Layout, path: Path) -> int:
-    """Remove one file inside the home folder and return the bytes freed.
+    """Remove one file (or an HLS product's folder) inside the home folder and return the
+    bytes freed.
 
     A symbolic link is removed as a link (its target is never touched), and nothing outside
     the home folder is ever removed.
@@ -311,9 +321,27 @@ def safe_remove(layout: Layout, path: Path) -> int:
     except FileNotFoundError:
         return 0
     if stat.S_ISDIR(info.st_mode):
+        if HLS_FOLDER.fullmatch(path.name):
+            return safe_remove_tree(layout, path)
         return 0
     path.unlink(missing_ok=True)
     return 0 if stat.S_ISLNK(info.st_mode) else info.st_size
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of a file, or of the files of a folder (links not followed)."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return 0
+    if not stat.S_ISDIR(info.st_mode):
+        return info.st_size
+    total = 0
+    for root, _dirs, files in os.walk(path, followlinks=False):
+        for name in files:
+            with suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
 
 
 def safe_remove_tree(layout: Layout, folder: Path) -> int:
@@ -336,3 +364,13 @@ def safe_remove_tree(layout: Layout, folder: Path) -> int:
                 sub.rmdir()
     folder.rmdir()
     return freed
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the renames in ``folder`` durable (best effort: some file systems refuse)."""
+    with suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -157,7 +157,7 @@ def _expiry(value: object, bad: Callable[[str], DownloadError]) -> datetime | No
     return expires_at
 
 
-def _decoded_chunks(response: httpx.Response) -> Iterator[bytes]:
+def _decoded_chunks(response: httpx.Response, limit: int) -> Iterator[bytes]:
     """The body as it arrives, decoded here rather than by httpx so that no chunk of a gzip
     bomb inflates past the cap before it is counted. Unknown encodings are refused."""
     encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
@@ -179,18 +179,18 @@ def _decoded_chunks(response: httpx.Response) -> Iterator[bytes]:
             except zlib.error:
                 inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         while data:
-            yield inflater.decompress(data, MAX_PLAYBACK_INFO_BYTES + 1)
+            yield inflater.decompress(data, limit + 1)
             data = inflater.unconsumed_tail
     yield inflater.flush()
 
 
-def read_capped_body(response: httpx.Response) -> bytes:
-    """The decoded body, or ValueError once it passes MAX_PLAYBACK_INFO_BYTES."""
+def read_capped_body(response: httpx.Response, limit: int = MAX_PLAYBACK_INFO_BYTES) -> bytes:
+    """The decoded body, or ValueError once it passes ``limit`` bytes."""
     body = bytearray()
-    for chunk in _decoded_chunks(response):
+    for chunk in _decoded_chunks(response, limit):
         body += chunk
-        if len(body) > MAX_PLAYBACK_INFO_BYTES:
-            raise ValueError(f"larger than {MAX_PLAYBACK_INFO_BYTES >> 20} MiB")
+        if len(body) > limit:
+            raise ValueError(f"larger than {limit >> 20} MiB")
     return bytes(body)
 
 
@@ -235,3 +235,43 @@ def fetch_playback_info(
     except httpx.HTTPError as exc:
         raise wrap_http_error(exc, url, product.key, stall_timeout_s) from exc
     return parse_playback_info(body, product, host_of(url))
+
+
+def fetch_playlist(
+    client: httpx.Client,
+    url: str,
+    product: str,
+    *,
+    limit: int,
+    stall_timeout_s: float = 30.0,
+) -> str:
+    """GET an HLS playlist: its text, at most ``limit`` bytes decoded, classified like media
+    (404 permanent, 5xx retried)."""
+    where = host_of(url)
+    try:
+        with client.stream(
+            "GET", url, headers={"Accept": "application/vnd.apple.mpegurl, */*"}
+        ) as response:
+            raise_for_status(response, url, product)
+            if response.status_code != 200:
+                raise UnknownDownloadError(
+                    f"unexpected HTTP {response.status_code} for a playlist from {where}",
+                    product=product,
+                    url=url,
+                )
+            try:
+                body = read_capped_body(response, limit)
+            except (ValueError, zlib.error) as exc:
+                raise PermanentError(
+                    f"bad HLS playlist from {where}: {shorten(str(exc), _MESSAGE_CHARS)}",
+                    product=product,
+                    url=url,
+                ) from None
+    except httpx.HTTPError as exc:
+        raise wrap_http_error(exc, url, product, stall_timeout_s) from exc
+    try:
+        return body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise PermanentError(
+            f"bad HLS playlist from {where}: not UTF-8 text", product=product, url=url
+        ) from None

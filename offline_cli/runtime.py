@@ -44,6 +44,11 @@ class RunInterrupted(BaseException):
     """
 
 
+class PartsAbandoned(Exception):
+    """Another part of the same HLS product failed for good: this part stops too (the run
+    reports that first failure, not this)."""
+
+
 class Cancel:
     """One run's stop signal: one ``threading.Event`` and why it was set.
 
@@ -56,6 +61,7 @@ class Cancel:
 
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"
+    ABANDONED = "abandoned"  # only the parts of one HLS run: another part failed for good
 
     def __init__(self) -> None:
         self.event = threading.Event()
@@ -95,6 +101,8 @@ class Cancel:
             return
         if self.reason == self.INTERRUPTED:
             raise RunInterrupted()
+        if self.reason == self.ABANDONED:
+            raise PartsAbandoned()
         raise DownloadCancelled("cancelled: deleted by another process", product=product)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from offline_cli.bundle import folder_problem
 from offline_cli.credentials import CredentialVault
 from offline_cli.locks import ProductLocks
 from offline_cli.models import (
@@ -119,15 +120,20 @@ class StoreReader:
                 return f"{name} path is not a file of the store (not read)"
             owned[name] = path
         media = owned["media"]
-        if media.parent.is_symlink():
+        if entry.parts is not None:
+            problem = folder_problem(media, entry.parts, mtime_ns=entry.mtime_ns, full=False)
+            if problem is not None:
+                return problem
+        elif media.parent.is_symlink():
             # A folder planted as a link: its files are not ours, whatever their sizes say.
             return "media folder is a symbolic link (not followed)"
-        try:
-            info = os.stat(media, follow_symlinks=False)
-        except OSError:
-            return "media file missing"
-        if info.st_size != entry.size or info.st_mtime_ns != entry.mtime_ns:
-            return "media file changed"
+        else:
+            try:
+                info = os.stat(media, follow_symlinks=False)
+            except OSError:
+                return "media file missing"
+            if info.st_size != entry.size or info.st_mtime_ns != entry.mtime_ns:
+                return "media file changed"
         if "license" in owned:
             try:
                 license_info = os.stat(owned["license"], follow_symlinks=False)
@@ -148,6 +154,7 @@ class StoreReader:
                 offlined.product_id,
                 url=self._vault().reveal(offlined.source_url),
                 license_url=self._vault().reveal(offlined.license_url),
+                hls=offlined.is_hls,
             )
         download = self.store.latest_download(key)
         if download is not None:
@@ -187,4 +194,5 @@ class StoreReader:
             sha256=entry.expected_sha256,
             size=entry.expected_size,
             license_expires_at=datetime.fromtimestamp(expires, UTC) if expires else None,
+            hls=entry.stream is not None,
         )

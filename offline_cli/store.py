@@ -31,6 +31,7 @@ from offline_cli.models import (
     ErrorKind,
     OfflinedEntry,
     ProductType,
+    StoredPart,
     looks_like_url,
 )
 from offline_cli.paths import Layout
@@ -39,8 +40,10 @@ from offline_cli.redaction import has_controls, scrub_urls
 # Version 1 is the first release: download and offlined entries. Version 2 adds resume
 # bookkeeping, cancellation, validation marks, metrics and settings. Version 3 renames URL
 # products and stored URLs by the whole-name credential rule (redaction.py); the tables
-# are unchanged. Migrations only add or rename.
-SCHEMA_VERSION = 3
+# are unchanged. Version 4 adds HLS: the variant a download took (``stream``), the files of a
+# stored HLS product (``parts``) and each part's resume checkpoint (download_parts).
+# Migrations only add or rename.
+SCHEMA_VERSION = 4
 DEFAULT_BUSY_TIMEOUT_S = 30.0
 # Below this much free space an I/O error of SQLite is read as a full disk: growing the
 # shared-memory index (-shm) or the WAL fails with SQLITE_IOERR, not SQLITE_FULL.
@@ -82,9 +85,25 @@ class _DownloadRow(_Base):
     expected_size = peewee.IntegerField(null=True)
     license_expires_at = peewee.FloatField(null=True)
     from_source = peewee.BooleanField(default=False)
+    # version 4
+    stream = peewee.TextField(null=True)
 
     class Meta:
         table_name = "download_entries"
+
+
+class _PartRow(_Base):
+    """One HLS part's resume checkpoint (one row each, so saving one never rewrites all)."""
+
+    download = peewee.ForeignKeyField(
+        _DownloadRow, column_name="download_id", on_delete="CASCADE", backref="parts"
+    )
+    name = peewee.TextField()
+    data = peewee.TextField()
+
+    class Meta:
+        table_name = "download_parts"
+        primary_key = peewee.CompositeKey("download", "name")
 
 
 class _OfflinedRow(_Base):
@@ -106,6 +125,9 @@ class _OfflinedRow(_Base):
     completed_at = peewee.FloatField()
     # version 2
     invalid_reason = peewee.TextField(null=True)
+    # version 4
+    parts = peewee.TextField(null=True)
+    stream = peewee.TextField(null=True)
 
     class Meta:
         table_name = "offlined_entries"
@@ -253,6 +275,7 @@ def _download_from_row(row: Any) -> DownloadEntry:
             expected_size=_number(row.expected_size, "expected_size", optional=True),
             license_expires_at=_number(row.license_expires_at, "license expiry", optional=True),
             from_source=bool(row.from_source),
+            stream=_text(row.stream, "stream", optional=True),
         )
     except BadRow:
         raise
@@ -280,7 +303,40 @@ def _offlined_from_row(row: Any) -> OfflinedEntry:
         mtime_ns=_number(row.mtime_ns, "mtime_ns"),
         completed_at=_number(row.completed_at, "completed_at"),
         invalid_reason=_text(row.invalid_reason, "invalid_reason", optional=True),
+        parts=_stored_parts(row.parts),
+        stream=_text(row.stream, "stream", optional=True),
     )
+
+
+def _stored_parts(raw: Any) -> tuple[StoredPart, ...] | None:
+    """The files of a stored HLS product, each checked for shape (names are checked against
+    the tool's own by whoever touches the files)."""
+    if raw is None:
+        return None
+    try:
+        items = json.loads(raw)
+    except (TypeError, ValueError):
+        raise BadRow("parts is not JSON") from None
+    if not isinstance(items, list) or not items:
+        raise BadRow("parts is not a list of files")
+    parts = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise BadRow("parts holds something that is not a file")
+        try:
+            part = StoredPart(
+                name=_text(item.get("name"), "part name"),
+                kind=_text(item.get("kind"), "part kind"),
+                size=_number(item.get("size"), "part size"),
+                sha256=_text(item.get("sha256"), "part sha256"),
+                source=_text(item.get("source"), "part source"),
+            )
+        except BadRow:
+            raise
+        if not isinstance(part.size, int) or part.size < 0:
+            raise BadRow("a part's size is not a whole number")
+        parts.append(part)
+    return tuple(parts)
 
 
 @dataclass(frozen=True)
@@ -331,10 +387,11 @@ class _Tables:
         self.offlined = _bind(_OfflinedRow, db)
         self.metric = _bind(_MetricRow, db)
         self.setting = _bind(_SettingRow, db)
+        self.part = _bind(_PartRow, db)
 
     @property
     def all(self) -> list[type[peewee.Model]]:
-        return [self.download, self.offlined, self.metric, self.setting]
+        return [self.download, self.offlined, self.metric, self.setting, self.part]
 
 
 _Model = TypeVar("_Model", bound=peewee.Model)
@@ -652,7 +709,9 @@ class Store:
             else:
                 if version == 1:
                     self._migrate_1_to_2()
-                renamed = self._migrate_2_to_3(vault)
+                if version <= 2:
+                    renamed = self._migrate_2_to_3(vault)
+                self._migrate_3_to_4()
             self._db.execute_sql(
                 "CREATE INDEX IF NOT EXISTS download_entries_product_state "
                 "ON download_entries (product_key, state)"
@@ -804,6 +863,29 @@ class Store:
         )
         self._db.create_tables([self._t.metric, self._t.setting])
 
+    def _migrate_3_to_4(self) -> None:
+        migrator = SqliteMigrator(self._db)
+        wanted = [
+            ("download_entries", "stream", self._t.download.stream),
+            ("offlined_entries", "parts", self._t.offlined.parts),
+            ("offlined_entries", "stream", self._t.offlined.stream),
+        ]
+        # Only what is missing: a store some tool rolled back to an older version number
+        # may hold these columns already.
+        existing = {
+            (table, column.name)
+            for table in {t for t, _, _ in wanted}
+            for column in self._db.get_columns(table)
+        }
+        migrate(
+            *(
+                migrator.add_column(table, name, field)
+                for table, name, field in wanted
+                if (table, name) not in existing
+            )
+        )
+        self._db.create_tables([self._t.part], safe=True)
+
     @staticmethod
     def create_v1_schema(path: Path) -> None:
         """Create an empty database exactly as the first release did (used by tests)."""
@@ -931,6 +1013,10 @@ class Store:
         """
         values = [getattr(entry, column) for column in _OFFLINED_COLUMNS]
         values[_OFFLINED_COLUMNS.index("product_type")] = entry.product_type.value
+        if entry.parts is not None:
+            values[_OFFLINED_COLUMNS.index("parts")] = json.dumps(
+                [p.to_dict() for p in entry.parts], separators=(",", ":")
+            )
         with self.transaction():
             old_rows = self._fetch(
                 f"{_SELECT_OFFLINED} WHERE product_key = ?",
@@ -957,6 +1043,8 @@ class Store:
                 last_error=None,
                 error_kind=None,
             )
+            # The parts' checkpoints served their purpose: the product row lists its files.
+            self._db.execute_sql("DELETE FROM download_parts WHERE download_id = ?", (download_id,))
         return old
 
     # -- download entries (read side) ------------------------------------------------------
@@ -1253,6 +1341,7 @@ class DownloadStateManager:
         expected_size: int | None = None,
         license_expires_at: float | None = None,
         from_source: bool = False,
+        stream: str | None = None,
         state: DownloadState = DownloadState.PENDING,
     ) -> DownloadEntry:
         download_id = uuid.uuid4().hex
@@ -1279,6 +1368,7 @@ class DownloadStateManager:
                 expected_size=expected_size,
                 license_expires_at=license_expires_at,
                 from_source=from_source,
+                stream=stream,
                 bytes_done=0,
                 cancel_requested=False,
                 resume_info="{}",
@@ -1377,6 +1467,35 @@ class DownloadStateManager:
     ) -> None:
         with self._store.transaction():
             self._update(download_id, {"resume_info": json.dumps(resume_info)})
+
+    def save_part(self, download_id: str, name: str, data: dict[str, Any]) -> None:
+        """Record one HLS part's checkpoint (its validators, or that it is complete)."""
+        with self._store.transaction():
+            self._store._db.execute_sql(
+                "INSERT OR REPLACE INTO download_parts (download_id, name, data) VALUES (?, ?, ?)",
+                (download_id, name, json.dumps(data, separators=(",", ":"))),
+            )
+
+    def saved_parts(self, download_id: str) -> dict[str, dict[str, Any]]:
+        """The checkpoints save_part recorded for a download (unreadable ones left out:
+        that part starts over)."""
+        with self._store._errors():
+            rows = self._store._db.execute_sql(
+                "SELECT name, data FROM download_parts WHERE download_id = ?", (download_id,)
+            ).fetchall()
+        saved: dict[str, dict[str, Any]] = {}
+        for name, raw in rows:
+            try:
+                data = json.loads(raw)
+            except (TypeError, ValueError):
+                continue
+            if isinstance(name, str) and isinstance(data, dict):
+                saved[name] = data
+        return saved
+
+    def set_stream(self, download_id: str, stream: str | None) -> None:
+        with self._store.transaction():
+            self._update(download_id, {"stream": stream})
 
     def set_attempts(self, download_id: str, attempts: int, last_error: str | None) -> None:
         with self._store.transaction():

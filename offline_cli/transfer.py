@@ -307,6 +307,7 @@ class Transfer:
         min_speed: float = DEFAULT_MIN_SPEED,
         monotonic: Callable[[], float] = time.monotonic,
         date_if_range_hosts: set[str] | None = None,
+        window: tuple[int, int] | None = None,
     ) -> None:
         self.client = client
         self.url = url
@@ -334,6 +335,11 @@ class Transfer:
         # Hosts that answer an ETag If-Range with the whole file: shared by the transfers
         # of one engine, so later requests to such a host send the Last-Modified date.
         self.date_if_range_hosts = date_if_range_hosts if date_if_range_hosts is not None else set()
+        # (offset, length) of the resource that is this file (an HLS EXT-X-BYTERANGE): every
+        # request asks for that range, and only a 206 of it is written.
+        self.window = window
+        if window is not None and self.checkpoint.total is None:
+            self.checkpoint.total = window[1]
         self.stats = TransferStats()
         self._file_id: tuple[int, int] | None = None
         self.host_answered = False
@@ -375,7 +381,7 @@ class Transfer:
     def reset(self) -> None:
         """Throw away the partial bytes: the next try starts from zero."""
         self.partial_path.unlink(missing_ok=True)
-        self.checkpoint = Checkpoint(url=self.url)
+        self.checkpoint = Checkpoint(url=self.url, total=self.window[1] if self.window else None)
         self.on_checkpoint(self.checkpoint)
 
     def _hash_existing(self, length: int) -> hashlib._Hash:
@@ -463,8 +469,12 @@ class Transfer:
 
     def _request(self, offset: int) -> TransferResult | None:
         headers: dict[str, str] = {}
-        if offset:
+        if self.window is not None:
+            start, length = self.window
+            headers["Range"] = f"bytes={start + offset}-{start + length - 1}"
+        elif offset:
             headers["Range"] = f"bytes={offset}-"
+        if offset:
             if_range = self.checkpoint.if_range(
                 prefer_date=host_of(self.url) in self.date_if_range_hosts
             )
@@ -608,6 +618,8 @@ class Transfer:
         self.host_answered = True
         self.stats.statuses.append(response.status_code)
         status = response.status_code
+        if self.window is not None:
+            return self._handle_window(response, offset)
         if status == 416 and offset:
             return self._handle_unsatisfiable(response, offset)
         raise_for_status(response, self.url, self.product)
@@ -644,6 +656,60 @@ class Transfer:
                 self.partial_path.unlink(missing_ok=True)
                 raise
         return self._write_body(response, 0, end=total, total=total, replace=True)
+
+    def _handle_window(self, response: httpx.Response, offset: int) -> TransferResult | None:
+        """The answer to a byte-range part: only a 206 of the asked range is written."""
+        assert self.window is not None
+        start, length = self.window
+        status = response.status_code
+        if status == 416:
+            response.close()
+            raise self._error(
+                PermanentError,
+                f"{host_of(self.url)} holds no bytes {start}-{start + length - 1} "
+                "(the playlist's byte range is past the end of the file)",
+            )
+        raise_for_status(response, self.url, self.product)
+        if status == 200 and offset:
+            # If-Range did not match: the file changed since the part's first bytes.
+            self.stats.restarts += 1
+            response.close()
+            self.reset()
+            return self._request(0)
+        if status != 206:
+            response.close()
+            raise self._error(
+                PermanentError,
+                f"{host_of(self.url)} answered HTTP {status} to a byte-range request: the "
+                "playlist's byte-range segments cannot be fetched from it",
+            )
+        content_range = parse_content_range(response.headers.get("Content-Range"))
+        if content_range is None:
+            self._refuse_range(
+                response, describe_bad_content_range(response.headers.get("Content-Range"))
+            )
+        assert content_range is not None
+        if content_range.start != start + offset or content_range.end > start + length - 1:
+            self._refuse_range(
+                response,
+                f"that is not the range asked for (asked for bytes {start + offset}-"
+                f"{start + length - 1}, got bytes {content_range.start}-{content_range.end})",
+            )
+        body_length = self._content_length(response)
+        if body_length is not None and body_length != content_range.end - content_range.start + 1:
+            self._refuse_range(response, "whose Content-Length disagrees with its Content-Range")
+        if offset and not self._same_validator(response) and self.checkpoint.if_range():
+            self.stats.restarts += 1
+            response.close()
+            self.reset()
+            return self._request(0)
+        return self._write_body(
+            response,
+            offset,
+            end=content_range.end - start + 1,
+            total=length,
+            replace=not offset,
+        )
 
     def _same_version(self, response: httpx.Response, total: int | None) -> bool:
         """True when a whole-file answer carries the validators of the bytes we hold and

@@ -6,8 +6,8 @@ import pytest
 from pytest_httpserver import HTTPServer
 
 from offline_cli import MediaProduct, OfflineState, ProductType
-from offline_cli.download import CoordinatedDownload, CoordinationState
 from offline_cli.errors import HTTPStatusError
+from offline_cli.productrun import CoordinatedDownload, CoordinationState
 from tests.conftest import RecordingListener
 
 BODY = b"m" * 100_000

@@ -375,7 +375,7 @@ def test_schema_2_store_is_renamed_by_the_new_rule_and_keeps_working(
 
     listed = cli("state")
     assert listed.exit_code == 0, listed.output
-    assert _user_version(home) == SCHEMA_VERSION == 3
+    assert _user_version(home) == SCHEMA_VERSION == 4
     assert sorted(_keys(home)) == sorted([redact_url(cats), plain])
     assert f"{redact_url(cats)}\tOFFLINED_AND_VALID" in listed.stdout
     # the old name is gone from the vault; the new one reveals the full URL
@@ -492,5 +492,5 @@ def test_schema_2_store_with_a_lone_surrogate_in_a_checkpoint_still_opens(
 
     assert listed.exit_code == 0, listed.output
     assert "Traceback" not in listed.output
-    assert _user_version(home) == 3
+    assert _user_version(home) == SCHEMA_VERSION
     assert cli("delete-all", "--yes").exit_code == 0
