@@ -635,6 +635,27 @@ LimitRate = Annotated[
 ]
 
 
+StreamQuality = Annotated[
+    str | None,
+    typer.Option(
+        "--quality",
+        help="HLS variant to take: best (highest BANDWIDTH, the default), worst, or a BANDWIDTH.",
+    ),
+]
+MaxBandwidth = Annotated[
+    int | None,
+    typer.Option(
+        "--max-bandwidth",
+        help="HLS: the best variant of at most this many bits a second (else the lowest).",
+    ),
+]
+
+
+def _stream_overrides(quality: str | None, max_bandwidth: int | None) -> dict[str, Any]:
+    """The HLS variant choice (checked with the settings: best, worst or a number)."""
+    return {"quality": quality, "max_bandwidth": max_bandwidth}
+
+
 def _transfer_overrides(
     retries: int | None,
     stall_timeout: str | None,
@@ -728,6 +749,8 @@ def offline(
     ] = False,
     jobs: Jobs = None,
     limit_rate: LimitRate = None,
+    quality: StreamQuality = None,
+    max_bandwidth: MaxBandwidth = None,
     retries: Retries = None,
     stall_timeout: StallTimeout = None,
     network_timeout: NetworkTimeout = None,
@@ -744,6 +767,7 @@ def offline(
             raise UsageError("no product given", hint="offline URL... or offline -i FILE")
         parsed = _parse_offline_products(names, product_id, license_url, sha256)
         overrides = _transfer_overrides(retries, stall_timeout, network_timeout, jobs, limit_rate)
+        overrides |= _stream_overrides(quality, max_bandwidth)
         settings = _settings(source=source, **overrides)
         # Checked before the store is opened: bad input changes nothing.
         OfflineEngine.check_resolvable_with(settings, parsed)
@@ -919,6 +943,8 @@ def resume(
     ] = False,
     jobs: Jobs = None,
     limit_rate: LimitRate = None,
+    quality: StreamQuality = None,
+    max_bandwidth: MaxBandwidth = None,
     retries: Retries = None,
     stall_timeout: StallTimeout = None,
     network_timeout: NetworkTimeout = None,
@@ -931,6 +957,7 @@ def resume(
     try:
         wanted = [_product_from_name(n) for n in products] if products else None
         overrides = _transfer_overrides(retries, stall_timeout, network_timeout, jobs, limit_rate)
+        overrides |= _stream_overrides(quality, max_bandwidth)
         with _reporting() as reporter:
             engine = _engine(reporter, **overrides)
             todo = engine.resumable_products(wanted)
@@ -988,6 +1015,8 @@ def validate(
         str | None,
         typer.Option("--source", help="Playback-info URL template, to renew expired licenses."),
     ] = None,
+    quality: StreamQuality = None,
+    max_bandwidth: MaxBandwidth = None,
     json_out: Json = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -997,7 +1026,7 @@ def validate(
     try:
         wanted = [_product_from_name(n) for n in products] if products else None
         with _reporting() as reporter:
-            engine = _engine(reporter, source=source)
+            engine = _engine(reporter, source=source, **_stream_overrides(quality, max_bandwidth))
             results = engine.validate_downloads(
                 wanted, repair=repair, on_progress=reporter.validation_progress
             )

@@ -54,6 +54,12 @@ class OfflineError(Exception):
             return f"{self.product}: {self.message}"
         return self.message
 
+    def within(self, place: str) -> OfflineError:
+        """Say which part of the product failed: ``segment v-s3.ts: HTTP 404 ...``."""
+        self.message = f"{_displayable(place)}: {self.message}"
+        self.args = (self.message,)
+        return self
+
     def with_product(self, product: str) -> OfflineError:
         """Attach the product name when the raiser did not know it."""
         if self.product is None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from offline_cli.bundle import regular_size, sha256_of
-from offline_cli.errors import PermanentError
+from offline_cli.errors import DownloadError, PermanentError
 from offline_cli.hls import (
     INDEX_PLAYLIST,
     KEY_BYTES,
@@ -254,14 +254,17 @@ class HlsRun(ProductRun):
             )
             self.rt.fault("checkpoint", part=part.name, etag=point.etag)
 
-        result = self._transfer(
-            part.name,
-            part.url,
-            self.folder / part.name,
-            window=part.window,
-            checkpoint=checkpoint or Checkpoint(url=part.url),
-            on_checkpoint=save,
-        )
+        try:
+            result = self._transfer(
+                part.name,
+                part.url,
+                self.folder / part.name,
+                window=part.window,
+                checkpoint=checkpoint or Checkpoint(url=part.url),
+                on_checkpoint=save,
+            )
+        except DownloadError as exc:
+            raise exc.within(f"{part.kind} {part.name}") from exc.__cause__
         if part.kind == PartKind.KEY and result.size != KEY_BYTES:
             raise PermanentError(
                 f"the AES-128 key is {result.size} bytes, not {KEY_BYTES}",

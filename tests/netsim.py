@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-_RANGE_RE = re.compile(r"bytes=(\d+)-$")
+_RANGE_RE = re.compile(r"bytes=(\d+)-(\d*)$")
 
 
 @dataclass
@@ -49,6 +49,8 @@ class Resource:
     faults: list[Fault] = field(default_factory=list)
     # bytes per second for the body (None: as fast as possible)
     rate: float | None = None
+    # the body made per request from its query string (playlists naming signed URLs)
+    render: Callable[[str], bytes] | None = None
 
     def __post_init__(self) -> None:
         if self.etag is None:
@@ -84,6 +86,9 @@ class NetSim:
         self._active = 0  # requests being handled right now (see wait_idle)
         self._changes = 0  # "change" faults served so far
         self.connections = 0  # TCP connections accepted (keep-alive reuse shows here)
+        # Asked first for every request (path, query): a status to answer instead (an
+        # expired signature's 403), or None to serve it.
+        self.gate: Callable[[str, str], int | None] | None = None
         sim = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -152,11 +157,17 @@ class NetSim:
     # -- serving --------------------------------------------------------------------------
 
     def _handle(self, req: http.server.BaseHTTPRequestHandler) -> None:
-        path = req.path.split("?")[0]
+        path, _, query = req.path.partition("?")
         resource = self.resources.get(path)
         if resource is None:
             self._simple(req, path, 404, b"not found")
             return
+        refused = self.gate(path, query) if self.gate is not None else None
+        if refused is not None:
+            self._simple(req, path, refused, b"refused")
+            return
+        if resource.render is not None:
+            resource.body = resource.render(query)
         with self._lock:
             fault = resource.faults.pop(0) if resource.faults else None
             if fault is not None and fault.kind == "change" and fault.body is not None:
@@ -170,6 +181,7 @@ class NetSim:
         range_header = req.headers.get("Range")
         if_range = req.headers.get("If-Range")
         start = 0
+        stop = len(body)  # exclusive
         status = 200
         match = _RANGE_RE.match(range_header or "")
         if match and (fault is None or fault.kind != "ignore_range"):
@@ -177,7 +189,9 @@ class NetSim:
             valid = valid or (fault is not None and fault.kind == "ignore_if_range")
             if valid:
                 start = int(match.group(1))
-                if start >= len(body):
+                if match.group(2):
+                    stop = min(len(body), int(match.group(2)) + 1)
+                if start >= len(body) or start >= stop:
                     self._simple(
                         req, path, 416, b"", {"Content-Range": f"bytes */{len(body)}"}, range_header
                     )
@@ -193,7 +207,7 @@ class NetSim:
             return
         if fault is not None and fault.kind == "wrong_offset" and status == 206:
             start = max(0, start - 100)
-        payload = body[start:]
+        payload = body[start:stop]
         headers = {
             "Content-Length": str(len(payload)),
             "Accept-Ranges": "bytes",
@@ -206,7 +220,7 @@ class NetSim:
         if resource.last_modified:
             headers["Last-Modified"] = resource.last_modified
         if status == 206:
-            headers["Content-Range"] = f"bytes {start}-{len(body) - 1}/{len(body)}"
+            headers["Content-Range"] = f"bytes {start}-{stop - 1}/{len(body)}"
         req.send_response(status)
         for name, value in headers.items():
             req.send_header(name, value)

@@ -75,12 +75,16 @@ class Procs:
         """``offline-cli ARGS`` on this home."""
         return self._start([*CLI, *args], self.env())
 
-    def spawn_crash(self, product: MediaProduct, at: CrashAt) -> Child:
+    def spawn_crash(
+        self, product: MediaProduct, at: CrashAt, settings: dict[str, Any] | None = None
+    ) -> Child:
         """A child that downloads ``product`` on this home through ``OfflineEngine`` with a
-        fault hook that SIGKILLs the child at ``at`` (see ``kill9_child``)."""
+        fault hook that SIGKILLs the child at ``at`` (see ``kill9_child``); ``settings``
+        (source, jobs, ...) for its engine."""
         spec = {
             "home": str(self.home),
             "at": asdict(at),
+            "settings": settings or {},
             "product": {
                 "type": product.product_type.value,
                 "id": product.product_id,
@@ -258,6 +262,7 @@ def kill9_child(spec_json: str) -> None:
     ends without reaching the point exits 1, saying so.
     """
     from offline_cli import MediaProduct, OfflineEngine, ProductType
+    from offline_cli.config import Settings
 
     spec = json.loads(spec_json)
     home = Path(spec["home"])
@@ -271,6 +276,7 @@ def kill9_child(spec_json: str) -> None:
         if at.reached(point, info) and (at.done is None or part_bytes(home, at.part) >= at.done):
             os.kill(os.getpid(), signal.SIGKILL)
 
-    with OfflineEngine(home, fault_hook=die_there) as engine:
+    settings = Settings(**spec["settings"]) if spec.get("settings") else None
+    with OfflineEngine(home, fault_hook=die_there, settings=settings) as engine:
         engine.offline(product)
     sys.exit(f"the download of {product.key} ended without reaching {at}")
