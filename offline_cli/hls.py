@@ -146,7 +146,8 @@ class HlsPlan:
         return list(seen.values())
 
 
-FetchText = Callable[[str], str]
+# GET a playlist: its text and the URL it came from (after redirects).
+FetchText = Callable[[str], tuple[str, str]]
 
 
 def plan(
@@ -159,7 +160,7 @@ def plan(
 ) -> HlsPlan:
     """Fetch the playlist at ``url`` (master or media) and what it references, choose the
     variant, refuse what cannot be stored, and return the parts and local playlists."""
-    top = _parse(fetch(url), url, product)
+    top = _parse(*fetch(url), product)
     if not top.is_variant:
         rendition = _plan_media(top, url, "v", "video.m3u8", None, product)
         return HlsPlan(StreamChoice(), (rendition,), {INDEX_PLAYLIST: rendition.text})
@@ -167,7 +168,7 @@ def plan(
     variant = _choose(top, quality, recorded, url, product)
     bandwidth = variant.stream_info.bandwidth
     media_url = _absolute(variant.absolute_uri, url, product)
-    media = _parse(fetch(media_url), media_url, product)
+    media = _parse(*fetch(media_url), product)
     if media.is_variant:
         raise _bad(product, media_url, "a variant names another master playlist")
     video = _plan_media(media, media_url, "v", "video.m3u8", bandwidth, product)
@@ -179,7 +180,7 @@ def plan(
         if len(audio) >= MAX_AUDIO_RENDITIONS:
             break
         audio_url = _absolute(item.absolute_uri, url, product)
-        audio_playlist = _parse(fetch(audio_url), audio_url, product)
+        audio_playlist = _parse(*fetch(audio_url), product)
         if audio_playlist.is_variant:
             raise _bad(product, audio_url, "an audio rendition names a master playlist")
         index = len(audio) + 1

@@ -62,6 +62,9 @@ class HlsRun(ProductRun):
         assert entry.partial_media_path
         self.folder = Path(entry.partial_media_path)
         self.plan: HlsPlan | None = None
+        self._estimates: dict[str, int] = {}
+        self._done = 0  # bytes on disk of every part (and the license)
+        self._total = 0  # the parts' sizes, or their estimates until known
         self.done_parts: dict[str, StoredPart] = {}
         self._first_error: BaseException | None = None
 
@@ -77,18 +80,25 @@ class HlsRun(ProductRun):
     def _claim_remaining(self, done: int, total: int) -> None:
         pass  # each part claims its own (see ProductRun._transfer)
 
+    def _set_size(self, part: str, done: int, total: int | None) -> None:
+        # Running sums (a progress report comes with every chunk of every part; summing a
+        # few thousand parts each time would cost more than the download).
+        old_done, old_total = self.sizes.get(part, (0, None))
+        estimate = self._estimates.get(part, 0)
+        self._done += done - old_done
+        self._total += self._expected(estimate, done, total) - self._expected(
+            estimate, old_done, old_total
+        )
+        self.sizes[part] = (done, total)
+
+    @staticmethod
+    def _expected(estimate: int, done: int, total: int | None) -> int:
+        """A part's size once its response said it; until then the playlist's estimate
+        (BANDWIDTH x duration), never less than what arrived."""
+        return total if total is not None else max(estimate, done)
+
     def _totals(self) -> tuple[int, int | None]:
-        done = sum(d for d, _ in self.sizes.values())
-        if self.plan is None:
-            return done, None
-        total = 0
-        for part in self.plan.parts:
-            part_done, part_total = self.sizes.get(part.name, (0, None))
-            # A part's size once its response said it; until then the playlist's estimate
-            # (BANDWIDTH x duration), never less than what arrived.
-            total += part_total if part_total is not None else max(part.estimate, part_done)
-        license_size = self.sizes.get("license", (0, None))[1]
-        return done, total + (license_size or 0)
+        return self._done, (self._total if self.plan is not None else None)
 
     # -- the run --------------------------------------------------------------------------
 
@@ -98,13 +108,18 @@ class HlsRun(ProductRun):
     def _run(self) -> None:
         self._restore_from_interrupted_commit()
         license_result = self._fetch_license()
-        self.plan = self._plan()
+        planned = self._plan()
+        parts = planned.parts
+        with self._lock:
+            self._estimates = {p.name: p.estimate for p in parts}
+            self._total += sum(p.estimate for p in parts if p.name not in self.sizes)
+            self.plan = planned
         if self.folder.is_symlink() or (self.folder.exists() and not self.folder.is_dir()):
             self.folder.unlink()  # planted: never write through it
         self.folder.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
         saved = self.rt.store.downloads.saved_parts(self.entry.id)
         todo: list[Part] = []
-        for part in self.plan.parts:
+        for part in parts:
             have = self._already_have(part, saved.get(part.name))
             if have is None:
                 todo.append(part)
@@ -114,7 +129,7 @@ class HlsRun(ProductRun):
         self._fetch_all(todo, saved)
         self.coordination.advance(CoordinationState.BOTH_COMPLETED)
         self._check_stop()
-        self._commit_folder(self.plan, license_result)
+        self._commit_folder(planned, parts, license_result)
 
     def _plan(self) -> HlsPlan:
         from offline_cli.playback import fetch_playlist
@@ -122,7 +137,7 @@ class HlsRun(ProductRun):
         rt = self.rt
         assert self.product.url
 
-        def fetch(url: str) -> str:
+        def fetch(url: str) -> tuple[str, str]:
             self._check_stop()
             return execute(
                 lambda: fetch_playlist(
@@ -309,11 +324,13 @@ class HlsRun(ProductRun):
             hint="something else writes in the home's partial folder; run offline again",
         )
 
-    def _commit_folder(self, planned: HlsPlan, license_result: TransferResult | None) -> None:
+    def _commit_folder(
+        self, planned: HlsPlan, planned_parts: list[Part], license_result: TransferResult | None
+    ) -> None:
         rt, key = self.rt, self.product.key
         layout = rt.layout
         playlists = self._write_playlists(planned.playlists)
-        parts = playlists + [self.done_parts[p.name] for p in planned.parts]
+        parts = playlists + [self.done_parts[p.name] for p in planned_parts]
         self._check_folder_ours(parts)
         if license_result is not None:
             self._check_still_ours(license_result, layout)

@@ -244,9 +244,10 @@ def fetch_playlist(
     *,
     limit: int,
     stall_timeout_s: float = 30.0,
-) -> str:
-    """GET an HLS playlist: its text, at most ``limit`` bytes decoded, classified like media
-    (404 permanent, 5xx retried)."""
+) -> tuple[str, str]:
+    """GET an HLS playlist: its text (at most ``limit`` bytes decoded) and the URL it came
+    from after any redirect, which its relative URIs are resolved against (as players do).
+    Failures are classified like media (404 permanent, 5xx retried)."""
     where = host_of(url)
     try:
         with client.stream(
@@ -259,6 +260,7 @@ def fetch_playlist(
                     product=product,
                     url=url,
                 )
+            final_url = str(response.url)
             try:
                 body = read_capped_body(response, limit)
             except (ValueError, zlib.error) as exc:
@@ -270,7 +272,7 @@ def fetch_playlist(
     except httpx.HTTPError as exc:
         raise wrap_http_error(exc, url, product, stall_timeout_s) from exc
     try:
-        return body.decode("utf-8-sig")
+        return body.decode("utf-8-sig"), final_url
     except UnicodeDecodeError:
         raise PermanentError(
             f"bad HLS playlist from {where}: not UTF-8 text", product=product, url=url

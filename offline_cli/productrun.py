@@ -114,9 +114,12 @@ class ProductRun(OfflineEngineListener):
             total = sum(t for t in totals if t is not None)
         return done, total
 
+    def _set_size(self, part: str, done: int, total: int | None) -> None:
+        self.sizes[part] = (done, total)
+
     def _progress(self, part: str, done: int, total: int | None) -> None:
         with self._lock:
-            self.sizes[part] = (done, total)
+            self._set_size(part, done, total)
             all_done, all_total = self._totals()
         if total is not None:
             self._claim_remaining(done, total)

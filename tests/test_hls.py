@@ -466,3 +466,30 @@ def test_progress_counts_bytes_estimated_from_bandwidth_until_sizes_are_known(
     assert set(listener.totals) == {5 * 20_000}
     fractions = [f for name, _, f in listener.events if name == "progressed"]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_a_redirected_playlist_resolves_its_names_against_where_it_came_from(
+    cli: Cli, home: Path, sim: NetSim
+) -> None:
+    """As players do: relative URIs of a playlist served after a redirect are relative to
+    the URL it came from, not the one asked for."""
+    origin = HlsOrigin(sim, variants=(1_000,), prefix="/real")
+    sim.add(
+        "/moved/master.m3u8",
+        Resource(
+            b"", faults=[Fault("status", status=302, headers={"Location": "/real/master.m3u8"})]
+        ),
+    )
+    sim.resources["/info/track/1"] = Resource(
+        json.dumps(
+            {
+                "manifestMimeType": "application/vnd.apple.mpegurl",
+                "url": sim.url("/moved/master.m3u8"),
+            }
+        ).encode()
+    )
+    result = offline(cli, origin)
+    assert result.exit_code == 0, result.stderr
+    assert sorted(origin.segment_requests()) == [
+        origin.segment_path("v1000", i) for i in range(6)
+    ]
