@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from offline_cli.auth import origin_of
 from offline_cli.credentials import lacks_credentials
 from offline_cli.errors import (
     ChecksumMismatch,
@@ -115,14 +116,15 @@ class Downloader:
             product = self._with_full_urls(product)
             rt.listener.offlining_started(product)
             client = self._client()
-            from_source = product.url is None
-            product = self._resolve(product, client, cancel)
+            from_source = self._came_from_source(product)
+            trusted = self._trusted_origin(product, from_source)
+            product = self._resolve(product, client, cancel, trusted)
             self._refuse_expired_license(product)
             # Started once its media URL is known: a bad playback-info answer starts nothing.
             rt.telemetry.record("download_started", product_key=product.key)
             entry = self._prepare_entry(product, from_source=from_source)
             rt.telemetry.event("state_changed", product=product.key, to="IN_PROGRESS")
-            run = ProductRun(rt, product, entry, client, cancel)
+            run = ProductRun(rt, product, entry, client, cancel, trusted_origin=trusted)
             run.run()
             rt.telemetry.record(
                 "download_succeeded",
@@ -156,7 +158,36 @@ class Downloader:
             )
         return dataclasses.replace(product, url=url, license_url=license_url)
 
-    def _resolve(self, product: MediaProduct, client: HttpClient, cancel: Cancel) -> MediaProduct:
+    def _came_from_source(self, product: MediaProduct) -> bool:
+        """Whether ``product``'s URLs are (or will be) the playback-info source's: it has
+        none yet, or they are the ones the store kept from a download through the source
+        (a resume without a source now, a repair)."""
+        if product.url is None:
+            return True
+        latest = self.rt.store.latest_download(product.key)
+        return (
+            latest is not None and latest.from_source and latest.media_url == _redacted(product.url)
+        )
+
+    def _trusted_origin(self, product: MediaProduct, from_source: bool) -> str | None:
+        """The one origin the credentials (--header, the token) may go to for ``product``:
+        the source's for a product that came from it (never its CDN's, which the source
+        names), else the product URL's. None: they go nowhere."""
+        if not from_source:
+            return origin_of(product.url)
+        if self.rt.settings.source is None:
+            return None
+        from offline_cli.playback import source_url
+
+        return origin_of(source_url(self.rt.settings.source, product))
+
+    def _resolve(
+        self,
+        product: MediaProduct,
+        client: HttpClient,
+        cancel: Cancel,
+        trusted_origin: str | None,
+    ) -> MediaProduct:
         """Fill in URLs from the playback-info source when the product has none."""
         if product.url is not None:
             return product
@@ -167,7 +198,13 @@ class Downloader:
         from offline_cli.playback import fetch_playback_info
 
         info = execute(
-            lambda: fetch_playback_info(client, template, product, rt.settings.stall_timeout),
+            lambda: fetch_playback_info(
+                client,
+                template,
+                product,
+                rt.settings.stall_timeout,
+                trusted_origin=trusted_origin,
+            ),
             rt.policy,
             RetryHooks(
                 sleep=lambda seconds: rt.wait(seconds, cancel, product.key),
@@ -332,12 +369,15 @@ class ProductRun(OfflineEngineListener):
         entry: DownloadEntry,
         client: HttpClient,
         cancel: Cancel,
+        *,
+        trusted_origin: str | None = None,
     ) -> None:
         self.rt = runtime
         self.cancel = cancel
         self.product = product
         self.entry = entry
         self.client = client
+        self.trusted_origin = trusted_origin
         self.coordination = CoordinatedDownload(has_license=product.license_url is not None)
         self.resume_info: dict[str, dict[str, str | int | None]] = dict(entry.resume_info)
         self.sizes: dict[str, tuple[int, int | None]] = {}
@@ -446,6 +486,7 @@ class ProductRun(OfflineEngineListener):
             min_speed=rt.settings.min_speed,
             monotonic=rt.monotonic,
             date_if_range_hosts=rt.date_if_range_hosts,
+            trusted_origin=self.trusted_origin,
         )
         seen = {"bytes": transfer.bytes_on_disk}
 
