@@ -14,7 +14,9 @@ import pytest
 from pytest_httpserver import HTTPServer
 
 from offline_cli.auth import RequestCredentials, origin_of, parse_header
+from offline_cli.config import Settings
 from offline_cli.errors import UsageError
+from offline_cli.models import MediaProduct
 from offline_cli.transfer import make_client, trusted_extensions
 
 TOKEN = "tok-3f9a1c77e2b54d0f"
@@ -489,3 +491,30 @@ def test_credentials_repr_names_headers_but_never_values() -> None:
     shown = repr(credentials) + str(credentials)
     assert "X-Api-Key" in shown and "Authorization" in shown
     assert KEY not in shown and TOKEN not in shown
+
+
+def test_the_engine_reads_headers_from_its_settings_and_the_token_from_the_environment(
+    make_engine: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    servers: tuple[HTTPServer, HTTPServer],
+) -> None:
+    origin, _ = servers
+    origin.expect_request("/m").respond_with_data(BODY)
+    monkeypatch.setenv("OFFLINE_CLI_TOKEN", TOKEN)
+    engine = make_engine(settings=Settings(headers=(f"X-Api-Key: {KEY}",)))
+
+    assert engine.offline(MediaProduct.from_url(_base(origin) + "/m"))
+    assert all(_has_credentials(h) for h in _seen(origin, "/m"))
+
+
+def test_validate_without_repair_does_not_need_a_readable_token(
+    cli: Callable[..., Any], home: Path, tmp_path: Path, servers: tuple[HTTPServer, HTTPServer]
+) -> None:
+    origin, _ = servers
+    origin.expect_request("/m").respond_with_data(BODY)
+    assert cli("offline", _base(origin) + "/m").exit_code == 0
+    missing = {"OFFLINE_CLI_TOKEN_FILE": str(tmp_path / "missing")}
+
+    assert cli("validate", env=missing).exit_code == 0
+    repair = cli("validate", "--repair", env=missing)
+    assert repair.exit_code == 2 and "missing" in repair.stderr
