@@ -30,6 +30,7 @@ from offline_cli.config import (
     Settings,
     check_in_range,
     config_file_path,
+    load_credentials,
     load_settings,
     read_capped,
 )
@@ -60,6 +61,8 @@ from offline_cli.redaction import escape_controls
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
+
+    from offline_cli.auth import RequestCredentials
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY, EXIT_STORAGE = 0, 1, 2, 3, 4
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
@@ -511,10 +514,13 @@ def _settings(**overrides: Any) -> Settings:
 def _engine(
     listener: OfflineEngineListener | None = None,
     settings: Settings | None = None,
+    credentials: RequestCredentials | None = None,
     **overrides: Any,
 ) -> OfflineEngine:
     settings = settings or _settings(**overrides)
-    engine = OfflineEngine(_globals.home or default_home(), listener, settings=settings)
+    engine = OfflineEngine(
+        _globals.home or default_home(), listener, settings=settings, credentials=credentials
+    )
     _open_engines.append(engine)
     engine.store  # noqa: B018 - open now, so an unusable store fails before any work
     # After the store: a log file inside a new home folder can be created now.
@@ -625,6 +631,14 @@ NetworkTimeout = Annotated[
 Jobs = Annotated[
     int | None,
     typer.Option("--jobs", "-j", help="Download up to N products at once (default 4, 1 to 64)."),
+]
+Header = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--header",
+        "-H",
+        help="Send 'Name: value' to the source's (or the URL's) origin only; may be repeated.",
+    ),
 ]
 LimitRate = Annotated[
     str | None,
@@ -754,6 +768,7 @@ def offline(
     retries: Retries = None,
     stall_timeout: StallTimeout = None,
     network_timeout: NetworkTimeout = None,
+    header: Header = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -768,11 +783,12 @@ def offline(
         parsed = _parse_offline_products(names, product_id, license_url, sha256)
         overrides = _transfer_overrides(retries, stall_timeout, network_timeout, jobs, limit_rate)
         overrides |= _stream_overrides(quality, max_bandwidth)
-        settings = _settings(source=source, **overrides)
+        settings = _settings(source=source, headers=header, **overrides)
         # Checked before the store is opened: bad input changes nothing.
         OfflineEngine.check_resolvable_with(settings, parsed)
+        credentials = load_credentials(settings)
         with _reporting(len(parsed)) as reporter:
-            engine = _engine(reporter, settings)
+            engine = _engine(reporter, settings, credentials)
             failures = _offline_all(engine, parsed, wait=not no_wait)
     except OfflineError as exc:
         _fail(exc)
@@ -948,6 +964,7 @@ def resume(
     retries: Retries = None,
     stall_timeout: StallTimeout = None,
     network_timeout: NetworkTimeout = None,
+    header: Header = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -958,8 +975,10 @@ def resume(
         wanted = [_product_from_name(n) for n in products] if products else None
         overrides = _transfer_overrides(retries, stall_timeout, network_timeout, jobs, limit_rate)
         overrides |= _stream_overrides(quality, max_bandwidth)
+        settings = _settings(headers=header, **overrides)
+        credentials = load_credentials(settings)
         with _reporting() as reporter:
-            engine = _engine(reporter, **overrides)
+            engine = _engine(reporter, settings, credentials)
             todo = engine.resumable_products(wanted)
             if not todo:
                 # A damaged index can hide every entry without an error: say so, not "nothing".
@@ -1017,6 +1036,7 @@ def validate(
     ] = None,
     quality: StreamQuality = None,
     max_bandwidth: MaxBandwidth = None,
+    header: Header = None,
     json_out: Json = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -1025,8 +1045,13 @@ def validate(
     _set_output(quiet, verbose)
     try:
         wanted = [_product_from_name(n) for n in products] if products else None
+        settings = _settings(
+            source=source, headers=header, **_stream_overrides(quality, max_bandwidth)
+        )
+        # Only a repair downloads: a token that cannot be read does not stop a check.
+        credentials = load_credentials(settings) if repair else None
         with _reporting() as reporter:
-            engine = _engine(reporter, source=source, **_stream_overrides(quality, max_bandwidth))
+            engine = _engine(reporter, settings, credentials)
             results = engine.validate_downloads(
                 wanted, repair=repair, on_progress=reporter.validation_progress
             )

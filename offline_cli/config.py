@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from offline_cli.auth import TOKEN_ENV, RequestCredentials, check_token, parse_headers
 from offline_cli.errors import ConfigError, UsageError
 from offline_cli.models import (
     check_url,
@@ -58,6 +59,10 @@ class Settings:
     max_bandwidth: int = 0
     # where products come from
     source: str | None = None
+    # authenticated sources (auth.py): "Name: value" headers and a file holding a bearer
+    # token, both sent to the trusted origin only
+    headers: tuple[str, ...] = ()
+    token_file: str | None = None
     # maintenance
     retention: float = 7 * 86400.0
     maintenance_interval: float = 86400.0
@@ -75,11 +80,21 @@ class Settings:
 
     def public_items(self) -> list[tuple[str, Any, str]]:
         """Every setting with its value and origin, fit to print: the source template's
-        credentials (user info, ``?token=``) are redacted like any URL we show."""
-        return [(f.name, self._public_value(f.name), self.origin(f.name)) for f in _SETTING_FIELDS]
+        credentials (user info, ``?token=``) are redacted like any URL we show, headers
+        are counted, and the token is named by where it comes from, never shown."""
+        items = [(f.name, self._public_value(f.name), self.origin(f.name)) for f in _SETTING_FIELDS]
+        if self.origin("token") != "default":
+            token, origin = f"from {self.origin('token')}", self.origin("token")
+        elif self.token_file is not None:
+            token, origin = f"from token_file {self.token_file}", self.origin("token_file")
+        else:
+            token, origin = "none", "default"
+        return [*items, ("token", token, origin)]
 
     def _public_value(self, name: str) -> Any:
         value = getattr(self, name)
+        if name == "headers":
+            return f"{len(value)} set" if value else "none"
         return redact_url(value) if name == "source" and value is not None else value
 
 
@@ -119,6 +134,10 @@ SETTING_RANGES: dict[str, tuple[float, float]] = {
 }
 # Settings written as a byte rate (``500k``, ``2M``; K = 1024 as curl counts).
 _RATES = {"limit_rate"}
+# A setting's command-line option where it is not ``--`` + its name.
+_OPTION_NAMES = {"headers": "--header"}
+# A token is a line of text: a few KiB for the longest JWTs.
+MAX_TOKEN_FILE_BYTES = 64 * 1024
 FLAG_NAMES = (
     "enhanced_download_management",
     "download_retry",
@@ -271,6 +290,8 @@ def check_source_template(template: str) -> str:
 def _coerce(name: str, value: Any, where: str) -> Any:
     """Check and convert one value, naming the key and the place when it is wrong."""
     kind = _FIELD_TYPES[name]
+    if name == "headers":
+        return _coerce_headers(value, where)
     try:
         if kind == "bool":
             if isinstance(value, bool):
@@ -310,6 +331,50 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: invalid value for {name!r}: {exc}") from None
 
 
+def _coerce_headers(value: Any, where: str) -> tuple[str, ...]:
+    """A list of ``Name: value`` strings, each checked; they are kept as ``Name: value``
+    with the spaces trimmed."""
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: invalid value for 'headers': expected a list of strings")
+    # "--header #2: no colon"; from elsewhere the key is named as for every setting.
+    on_command_line = where.startswith("--")
+    try:
+        parsed = parse_headers(value, where if on_command_line else "header")
+    except UsageError as exc:
+        prefix = "" if on_command_line else f"{where}: invalid value for 'headers': "
+        raise ConfigError(prefix + exc.message, hint=exc.hint) from None
+    return tuple(f"{name}: {text}" for name, text in parsed)
+
+
+def load_credentials(
+    settings: Settings, environ: dict[str, str] | None = None
+) -> RequestCredentials:
+    """The headers of ``settings`` and the bearer token: ``$OFFLINE_CLI_TOKEN``, else the
+    file named by ``token_file``. A token that cannot be read is ConfigError naming the
+    variable or the file, never what it holds."""
+    env = os.environ if environ is None else environ
+    headers = parse_headers(settings.headers, "header")
+    token = None
+    if env.get(TOKEN_ENV, "") != "":
+        token = check_token(env[TOKEN_ENV], f"${TOKEN_ENV}")
+    elif settings.token_file is not None:
+        path = Path(settings.token_file).expanduser()
+        where = f"token_file {path}"
+        try:
+            text = read_capped(path, MAX_TOKEN_FILE_BYTES, allow_pipe=True).decode("utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read {where}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{where}: not UTF-8 text") from None
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        try:
+            token = check_token(text, where)
+        except UsageError as exc:
+            raise ConfigError(exc.message) from None
+    return RequestCredentials.build(headers, token)
+
+
 def load_settings(
     home: Path | None = None,
     overrides: dict[str, Any] | None = None,
@@ -334,11 +399,17 @@ def load_settings(
     for name in _FIELD_TYPES:
         env_name = ENV_PREFIX + name.upper()
         if env_name in env and env[env_name] != "":
-            values[name] = _coerce(name, env[env_name], f"${env_name}")
+            raw: Any = env[env_name]
+            if name == "headers":  # one a line, blank lines ignored
+                raw = [line for line in raw.splitlines() if line.strip()]
+            values[name] = _coerce(name, raw, f"${env_name}")
             origins[name] = f"${env_name}"
+    if env.get(TOKEN_ENV, "") != "":
+        origins["token"] = f"${TOKEN_ENV}"
     for name, value in (overrides or {}).items():
         if value is None:
             continue
-        values[name] = _coerce(name, value, f"--{name.replace('_', '-')}")
+        option = _OPTION_NAMES.get(name, f"--{name.replace('_', '-')}")
+        values[name] = _coerce(name, value, option)
         origins[name] = "command line"
     return replace(Settings(), **values, origins=origins)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING
 
+from offline_cli.auth import origin_of
 from offline_cli.credentials import lacks_credentials
 from offline_cli.errors import (
     DownloadInterrupted,
@@ -66,14 +67,15 @@ class Downloader:
             product = self._with_full_urls(product)
             rt.listener.offlining_started(product)
             client = self._client()
-            from_source = product.url is None
-            product = self._resolve(product, client, cancel)
+            from_source = self._came_from_source(product)
+            trusted = self._trusted_origin(product, from_source)
+            product = self._resolve(product, client, cancel, trusted)
             self._refuse_expired_license(product)
             # Started once its media URL is known: a bad playback-info answer starts nothing.
             rt.telemetry.record("download_started", product_key=product.key)
             entry = self._prepare_entry(product, from_source=from_source)
             rt.telemetry.event("state_changed", product=product.key, to="IN_PROGRESS")
-            run = self._new_run(product, entry, client, cancel)
+            run = self._new_run(product, entry, client, cancel, trusted)
             try:
                 run.run()
             except HTTPStatusError as exc:
@@ -83,13 +85,16 @@ class Downloader:
                 # for fresh ones; the parts already complete are kept.
                 rt.telemetry.event("re_resolving", product=product.key, status=exc.status)
                 product = self._resolve(
-                    MediaProduct(product.product_type, product.product_id), client, cancel
+                    MediaProduct(product.product_type, product.product_id),
+                    client,
+                    cancel,
+                    trusted,
                 )
                 fresh = rt.store.get_download(entry.id)
                 assert fresh is not None
                 entry = fresh
                 rt.store.downloads.transition(entry.id, DownloadState.IN_PROGRESS)
-                retried = self._new_run(product, entry, client, cancel)
+                retried = self._new_run(product, entry, client, cancel, trusted)
                 retried.retries = run.retries
                 retried.bytes_fetched = run.bytes_fetched
                 run = retried
@@ -115,10 +120,17 @@ class Downloader:
         return self.rt.settings.source is not None and not looks_like_url(product.product_id)
 
     def _new_run(
-        self, product: MediaProduct, entry: DownloadEntry, client: HttpClient, cancel: Cancel
+        self,
+        product: MediaProduct,
+        entry: DownloadEntry,
+        client: HttpClient,
+        cancel: Cancel,
+        trusted_origin: str | None,
     ) -> ProductRun:
         if not product.hls:
-            return ProductRun(self.rt, product, entry, client, cancel)
+            return ProductRun(
+                self.rt, product, entry, client, cancel, trusted_origin=trusted_origin
+            )
         settings = self.rt.settings
         stored = self.rt.store.get_offlined(product.key)
         # The variant this download started with, else the one of the copy being repaired.
@@ -134,6 +146,7 @@ class Downloader:
             quality=Quality(settings.quality, settings.max_bandwidth or None),
             recorded=recorded,
             stored=stored,
+            trusted_origin=trusted_origin,
         )
 
     def _with_full_urls(self, product: MediaProduct) -> MediaProduct:
@@ -151,7 +164,36 @@ class Downloader:
             )
         return dataclasses.replace(product, url=url, license_url=license_url)
 
-    def _resolve(self, product: MediaProduct, client: HttpClient, cancel: Cancel) -> MediaProduct:
+    def _came_from_source(self, product: MediaProduct) -> bool:
+        """Whether ``product``'s URLs are (or will be) the playback-info source's: it has
+        none yet, or they are the ones the store kept from a download through the source
+        (a resume without a source now, a repair)."""
+        if product.url is None:
+            return True
+        latest = self.rt.store.latest_download(product.key)
+        return (
+            latest is not None and latest.from_source and latest.media_url == _redacted(product.url)
+        )
+
+    def _trusted_origin(self, product: MediaProduct, from_source: bool) -> str | None:
+        """The one origin the credentials (--header, the token) may go to for ``product``:
+        the source's for a product that came from it (never its CDN's, which the source
+        names), else the product URL's. None: they go nowhere."""
+        if not from_source:
+            return origin_of(product.url)
+        if self.rt.settings.source is None:
+            return None
+        from offline_cli.playback import source_url
+
+        return origin_of(source_url(self.rt.settings.source, product))
+
+    def _resolve(
+        self,
+        product: MediaProduct,
+        client: HttpClient,
+        cancel: Cancel,
+        trusted_origin: str | None,
+    ) -> MediaProduct:
         """Fill in URLs from the playback-info source when the product has none."""
         if product.url is not None:
             return product
@@ -162,7 +204,13 @@ class Downloader:
         from offline_cli.playback import fetch_playback_info
 
         info = execute(
-            lambda: fetch_playback_info(client, template, product, rt.settings.stall_timeout),
+            lambda: fetch_playback_info(
+                client,
+                template,
+                product,
+                rt.settings.stall_timeout,
+                trusted_origin=trusted_origin,
+            ),
             rt.policy,
             RetryHooks(
                 sleep=lambda seconds: rt.wait(seconds, cancel, product.key),

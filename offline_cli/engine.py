@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from filelock import Timeout
 
-from offline_cli.config import Settings, load_settings
+from offline_cli.config import Settings, load_credentials, load_settings
 from offline_cli.credentials import CredentialVault
 from offline_cli.deletion import Deleter
 from offline_cli.download import Downloader
@@ -67,6 +67,7 @@ from offline_cli.store import Store
 from offline_cli.telemetry import Telemetry
 
 if TYPE_CHECKING:
+    from offline_cli.auth import RequestCredentials
     from offline_cli.maintenance import CleanupReport, DownloadHealthReport, ValidationResult
     from offline_cli.network import NetworkMonitor
     from offline_cli.transfer import HttpClient, HttpTransport
@@ -115,6 +116,7 @@ class OfflineEngine:
         disk_free: Callable[[Path], int] | None = None,
         network_monitor: NetworkMonitor | None = None,
         fault_hook: FaultHook | None = None,
+        credentials: RequestCredentials | None = None,
     ) -> None:
         """``sleep`` None waits on each download's cancel event (so a cancel or Ctrl-C ends
         a backoff at once); tests inject a fake sleep and clock. ``fault_hook`` is a test
@@ -122,11 +124,15 @@ class OfflineEngine:
 
         Listener callbacks come from the thread that runs each download: with more than
         one job (``settings.jobs``), from worker threads, several at once.
+
+        ``credentials`` (headers and bearer token for the trusted origin, auth.py) None:
+        from ``settings`` and ``$OFFLINE_CLI_TOKEN``, read when the first download starts.
         """
         self.layout = Layout(Path(home).expanduser() if home is not None else default_home())
         self.settings = settings if settings is not None else load_settings(self.layout.home)
         self.listener = listener or OfflineEngineListener()
         self._transport = transport
+        self._credentials = credentials
         self._sleep = sleep
         self._clock = clock
         self._monotonic = monotonic
@@ -296,6 +302,11 @@ class OfflineEngine:
             connect_timeout_s=self.settings.connect_timeout,
             transport=self._transport,
             connections=self.settings.jobs,
+            credentials=(
+                self._credentials
+                if self._credentials is not None
+                else load_credentials(self.settings)
+            ),
         )
 
     def _monitor(self) -> NetworkMonitor:

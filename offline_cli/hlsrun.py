@@ -51,10 +51,11 @@ class HlsRun(ProductRun):
         quality: Quality,
         recorded: StreamChoice | None,
         stored: OfflinedEntry | None,
+        trusted_origin: str | None = None,
     ) -> None:
         # The parts stop together: a part that fails for good stops its siblings through
         # this run's own signal, which the caller's (delete, Ctrl-C) also sets.
-        super().__init__(runtime, product, entry, client, Cancel())
+        super().__init__(runtime, product, entry, client, Cancel(), trusted_origin=trusted_origin)
         self.outer = cancel
         self.quality = quality
         self.recorded = recorded
@@ -146,6 +147,7 @@ class HlsRun(ProductRun):
                     self.product.key,
                     limit=MAX_PLAYLIST_BYTES,
                     stall_timeout_s=rt.settings.stall_timeout,
+                    trusted_origin=self.trusted_origin,
                 ),
                 rt.policy,
                 RetryHooks(

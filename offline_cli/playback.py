@@ -19,7 +19,7 @@ from offline_cli.errors import (
 )
 from offline_cli.models import MAX_URL_CHARS, MediaProduct, check_sha256, check_url, shorten
 from offline_cli.redaction import has_controls
-from offline_cli.transfer import host_of, raise_for_status, wrap_http_error
+from offline_cli.transfer import host_of, raise_for_status, trusted_extensions, wrap_http_error
 
 HLS_MIME_TYPES = ("application/vnd.apple.mpegurl", "application/x-mpegurl", "audio/mpegurl")
 
@@ -195,15 +195,26 @@ def read_capped_body(response: httpx.Response, limit: int = MAX_PLAYBACK_INFO_BY
 
 
 def fetch_playback_info(
-    client: httpx.Client, template: str, product: MediaProduct, stall_timeout_s: float = 30.0
+    client: httpx.Client,
+    template: str,
+    product: MediaProduct,
+    stall_timeout_s: float = 30.0,
+    *,
+    trusted_origin: str | None = None,
 ) -> PlaybackInfo:
     """GET the source for ``product``; a 404 means the product does not exist.
 
     The answer is streamed and its decoded size capped: it is read whole only when small.
+    The client's credentials go to ``trusted_origin`` only (the source's own, normally).
     """
     url = source_url(template, product)
     try:
-        with client.stream("GET", url, headers={"Accept": "application/json"}) as response:
+        with client.stream(
+            "GET",
+            url,
+            headers={"Accept": "application/json"},
+            extensions=trusted_extensions(trusted_origin),
+        ) as response:
             if response.status_code == 404:
                 raise ProductNotFound(
                     f"product not found: HTTP 404 from {host_of(url)}",
@@ -244,6 +255,7 @@ def fetch_playlist(
     *,
     limit: int,
     stall_timeout_s: float = 30.0,
+    trusted_origin: str | None = None,
 ) -> tuple[str, str]:
     """GET an HLS playlist: its text (at most ``limit`` bytes decoded) and the URL it came
     from after any redirect, which its relative URIs are resolved against (as players do).
@@ -251,7 +263,10 @@ def fetch_playlist(
     where = host_of(url)
     try:
         with client.stream(
-            "GET", url, headers={"Accept": "application/vnd.apple.mpegurl, */*"}
+            "GET",
+            url,
+            headers={"Accept": "application/vnd.apple.mpegurl, */*"},
+            extensions=trusted_extensions(trusted_origin),
         ) as response:
             raise_for_status(response, url, product)
             if response.status_code != 200:

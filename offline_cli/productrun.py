@@ -82,12 +82,16 @@ class ProductRun(OfflineEngineListener):
         entry: DownloadEntry,
         client: HttpClient,
         cancel: Cancel,
+        *,
+        trusted_origin: str | None = None,
     ) -> None:
         self.rt = runtime
         self.cancel = cancel
         self.product = product
         self.entry = entry
         self.client = client
+        # The origin the credentials (--header, the token) may go to; None: nowhere.
+        self.trusted_origin = trusted_origin
         self.coordination = CoordinatedDownload(has_license=product.license_url is not None)
         self.resume_info: dict[str, dict[str, str | int | None]] = dict(entry.resume_info)
         self.sizes: dict[str, tuple[int, int | None]] = {}
@@ -220,6 +224,7 @@ class ProductRun(OfflineEngineListener):
             monotonic=rt.monotonic,
             date_if_range_hosts=rt.date_if_range_hosts,
             window=window,
+            trusted_origin=self.trusted_origin,
         )
         seen = {"bytes": transfer.bytes_on_disk}
 

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from offline_cli._version import __version__
+from offline_cli.auth import ORIGIN_EXTENSION, RequestCredentials
 from offline_cli.errors import (
     DiskFull,
     DownloadError,
@@ -132,12 +133,15 @@ def make_client(
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     transport: httpx.BaseTransport | None = None,
     connections: int = 4,
+    credentials: RequestCredentials | None = None,
 ) -> httpx.Client:
     """The one place an httpx.Client is built: explicit timeouts, redirects, identity bodies.
 
     The read timeout is the stall timeout: no byte for that long is a network error.
     ``connections`` is how many downloads run at once: the pool keeps that many alive per
     client (reused per host), and a download never waits for a free one.
+    ``credentials`` go only to the origin a request names in its extensions
+    (``trusted_extensions``), on each hop of a redirect (auth.py).
     """
     client = httpx.Client(
         limits=httpx.Limits(max_connections=None, max_keepalive_connections=max(1, connections)),
@@ -159,8 +163,21 @@ def make_client(
             origin = (url.raw_host.decode("ascii"), url.port or _DEFAULT_PORTS[url.scheme])
             _remember_stream(client, stream, origin)
 
-    client.event_hooks = {"request": [], "response": [remember_connection]}
+    def apply_credentials(request: httpx.Request) -> None:
+        # httpx runs request hooks on every hop of a redirect, each hop's request carrying
+        # the first one's extensions: the hop to another origin loses the credentials.
+        assert credentials is not None
+        credentials.apply(request.headers, str(request.url), request.extensions)
+
+    hooks = [apply_credentials] if credentials else []
+    client.event_hooks = {"request": hooks, "response": [remember_connection]}
     return client
+
+
+def trusted_extensions(trusted_origin: str | None) -> dict[str, Any]:
+    """The request extensions that let the credentials go to ``trusted_origin`` (None: to
+    no origin at all)."""
+    return {ORIGIN_EXTENSION: trusted_origin} if trusted_origin is not None else {}
 
 
 def host_of(url: str) -> str:
@@ -308,6 +325,7 @@ class Transfer:
         monotonic: Callable[[], float] = time.monotonic,
         date_if_range_hosts: set[str] | None = None,
         window: tuple[int, int] | None = None,
+        trusted_origin: str | None = None,
     ) -> None:
         self.client = client
         self.url = url
@@ -340,6 +358,8 @@ class Transfer:
         self.window = window
         if window is not None and self.checkpoint.total is None:
             self.checkpoint.total = window[1]
+        # The origin (auth.origin_of) the client's credentials may go to, None for none.
+        self.trusted_origin = trusted_origin
         self.stats = TransferStats()
         self._file_id: tuple[int, int] | None = None
         self.host_answered = False
@@ -488,7 +508,7 @@ class Transfer:
         # and every connection it claimed (a redirect's hops each have one).
         self._new_connection = False
         self._claimed = []
-        extensions = {"trace": self._trace}
+        extensions = {"trace": self._trace, **trusted_extensions(self.trusted_origin)}
         with contextlib.ExitStack() as stack:
             with self._header_deadline():
                 try:

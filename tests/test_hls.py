@@ -490,6 +490,4 @@ def test_a_redirected_playlist_resolves_its_names_against_where_it_came_from(
     )
     result = offline(cli, origin)
     assert result.exit_code == 0, result.stderr
-    assert sorted(origin.segment_requests()) == [
-        origin.segment_path("v1000", i) for i in range(6)
-    ]
+    assert sorted(origin.segment_requests()) == [origin.segment_path("v1000", i) for i in range(6)]
