@@ -491,3 +491,44 @@ def test_a_redirected_playlist_resolves_its_names_against_where_it_came_from(
     result = offline(cli, origin)
     assert result.exit_code == 0, result.stderr
     assert sorted(origin.segment_requests()) == [origin.segment_path("v1000", i) for i in range(6)]
+
+
+def test_credentials_go_to_playlists_and_segments_of_the_source_origin_only(
+    cli: Cli, home: Path, sim: NetSim
+) -> None:
+    """The token and --header reach the source's own origin (playlists, segments, keys there)
+    and never a CDN of another origin the playlist names."""
+    cdn = NetSim().start(poll_interval=0.02)
+    try:
+        origin = HlsOrigin(sim, variants=(1_000,), key=True)
+        elsewhere = HlsOrigin(cdn, variants=(2_000,))
+        master = (
+            "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1000\nv1000/index.m3u8\n"
+            f"#EXT-X-STREAM-INF:BANDWIDTH=500\n{cdn.url('/hls/v2000/index.m3u8')}\n"
+        )
+        sim.resources["/hls/master.m3u8"] = Resource(master.encode())
+        env = {**FAST, "OFFLINE_CLI_TOKEN": "sekrit-token"}
+        home_args = ("--header", "X-Api-Key: k-123")
+        assert (
+            cli("offline", "track:1", "--source", origin.source, *home_args, env=env).exit_code == 0
+        )
+        for served in sim.log:
+            assert served.headers.get("Authorization") == "Bearer sekrit-token", served.path
+            assert served.headers.get("X-Api-Key") == "k-123"
+        assert cli("delete", "track:1").exit_code == 0
+        worst = cli(
+            "offline",
+            "track:1",
+            "--source",
+            origin.source,
+            "--quality",
+            "worst",
+            *home_args,
+            env=env,
+        )
+        assert worst.exit_code == 0, worst.stderr
+        assert elsewhere.segment_requests()
+        for served in cdn.log:
+            assert "Authorization" not in served.headers and "X-Api-Key" not in served.headers
+    finally:
+        cdn.stop()
