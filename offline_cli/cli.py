@@ -40,14 +40,17 @@ from offline_cli.errors import (
     ConfigError,
     DownloadError,
     DownloadInterrupted,
+    NotStored,
     OfflineError,
     Terminated,
     UsageError,
 )
+from offline_cli.export import StoredProduct
 from offline_cli.listener import OfflineEngineListener
 from offline_cli.maintenance import ValidationResult
 from offline_cli.models import (
     MediaProduct,
+    OfflineState,
     check_sha256,
     check_url,
     human_bytes,
@@ -869,6 +872,7 @@ def state(
     try:
         wanted = [_product_from_name(n) for n in products] if products else None
         engine = _engine()
+        reader = engine.reader()
         rows = []
         for status in engine.product_statuses(wanted, with_downloads=json_out):
             if not json_out:
@@ -876,6 +880,10 @@ def state(
                 _data(line if wanted is not None else f"{status.key}\t{line}")
                 continue
             row: dict[str, Any] = {"product": status.key, "state": status.state.value}
+            if status.state is not OfflineState.NOT_OFFLINED:
+                stored, _ = reader.stored_product(status.key)
+                if stored is not None:
+                    row.update(_stored_fields(stored))
             download = status.download
             if download is not None:
                 row["download"] = {
@@ -891,6 +899,81 @@ def state(
             _data(json.dumps(rows, indent=2))
     except OfflineError as exc:
         _fail(exc)
+
+
+def _stored_fields(stored: StoredProduct) -> dict[str, Any]:
+    """What `path --json` and `state --json` say of a committed product's files."""
+    entry = stored.entry
+    return {
+        "media_path": str(stored.media),
+        "license_path": str(stored.license) if stored.license else None,
+        "size": entry.size,
+        "sha256": entry.sha256,
+        "license_size": entry.license_size,
+        "license_sha256": entry.license_sha256,
+        "hls": entry.is_hls,
+    }
+
+
+@app.command("path")
+def path_command(
+    products: Annotated[list[str], typer.Argument(help="Products whose stored media to print.")],
+    json_out: Json = False,
+) -> None:
+    """Print each product's stored media file (an HLS product: its local playlist).
+
+    Example: mpv "$(offline-cli path video:7)"
+    """
+    code = EXIT_OK
+    rows: list[dict[str, Any]] = []
+    try:
+        parsed = [_product_from_name(n) for n in products]
+        engine = _engine()
+        for product in parsed:
+            try:
+                stored = engine.stored_product(product)
+            except NotStored as exc:
+                _print_error(_error_line(exc))
+                code = max(code, exc.exit_code)
+                continue
+            if json_out:
+                rows.append({"product": product.key, **_stored_fields(stored)})
+            else:
+                _data(str(stored.media))
+    except OfflineError as exc:
+        _fail(exc)
+    if json_out:
+        _data(json.dumps(rows, indent=2))
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command("export")
+def export_command(
+    product: Annotated[str, typer.Argument(help="The product to copy out of the store.")],
+    dest: Annotated[
+        str,
+        typer.Argument(help="A file, or a folder to put it in (HLS: the folder to create)."),
+    ],
+    force: Annotated[bool, typer.Option("--force", help="Replace DEST if it exists.")] = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Copy a stored product's media to DEST, verified against its recorded SHA-256.
+
+    Example: offline-cli export track:42 ~/Music/
+    """
+    _set_output(quiet, verbose)
+    try:
+        wanted = _product_from_name(product)
+        if not dest.strip():
+            raise UsageError("DEST: empty path", hint="name a file or a folder")
+        engine = _engine()
+        target, how = engine.export_product(wanted, Path(dest).expanduser(), force=force)
+    except OfflineError as exc:
+        _fail(exc)
+    _data(str(target))
+    _say(f"{wanted.key}: exported to {target} ({how}, verified)")
 
 
 @app.command()

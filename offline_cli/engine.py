@@ -35,12 +35,14 @@ from offline_cli.errors import (
     DownloadCancelled,
     DownloadError,
     DownloadInterrupted,
+    NotStored,
     OfflineError,
     PermanentError,
     StorageError,
     StoreUnwritable,
     UsageError,
 )
+from offline_cli.export import StoredProduct, export
 from offline_cli.listener import OfflineEngineListener
 from offline_cli.locks import LOCK_POLL_S, LOCK_PROBE_GRACE_S, ProductLocks
 from offline_cli.models import (
@@ -338,6 +340,27 @@ class OfflineEngine:
             self._clock,
             self.settings.source,
         )
+
+    def stored_product(self, product: MediaProduct) -> StoredProduct:
+        """Where ``product``'s committed files are (an HLS product: its local playlist and
+        folder); NotStored when it is not offlined or not valid by the cheap check."""
+        stored, problem = self.reader().stored_product(product.key)
+        if stored is None and problem is None:
+            raise NotStored("not offlined", product=product.key, hint="run `offline` first")
+        if stored is None or problem is not None:
+            raise NotStored(
+                f"not valid: {problem}",
+                product=product.key,
+                hint="run `offline-cli validate --repair` on it",
+            )
+        return stored
+
+    def export_product(
+        self, product: MediaProduct, dest: Path, *, force: bool = False
+    ) -> tuple[Path, str]:
+        """Copy ``product``'s media (an HLS product: its playlist and parts) to ``dest``,
+        verified against the SHA-256 recorded at download; the store is only read."""
+        return export(self.stored_product(product), dest, force=force)
 
     def get_offline_state(self, product: MediaProduct) -> OfflineState:
         return self.reader().offline_state(product.key)

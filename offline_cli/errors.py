@@ -15,6 +15,8 @@
     │   ├── UnknownDownloadError      anything unclassified                       (one retry)
     │   ├── DownloadCancelled         deleted by another process while running
     │   └── DownloadInterrupted       Ctrl-C or SIGTERM: the download was saved as PAUSED
+    ├── NotStored                     `path`/`export` of a product not offlined or not valid
+    ├── ExportFailed                  `export` could not write a verified copy (nothing left)
     ├── BusyError                     another process is downloading it, --no-wait (exit 3)
     └── StorageError                  the store itself is unusable                (exit 4)
         └── StoreUnwritable           full disk, read-only home, I/O error: reads still work
@@ -180,6 +182,14 @@ class DownloadCancelled(DownloadError):
 
 class DownloadInterrupted(DownloadError):
     """Ctrl-C or SIGTERM stopped the download; it was saved as PAUSED for `resume`."""
+
+
+class NotStored(OfflineError):
+    """`path` or `export` of a product that is not offlined, or not valid."""
+
+
+class ExportFailed(OfflineError):
+    """`export` could not write a verified copy; nothing was left at the destination."""
 
 
 class BusyError(OfflineError):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from offline_cli.bundle import folder_problem
 from offline_cli.credentials import CredentialVault
+from offline_cli.export import StoredProduct, locate
 from offline_cli.locks import ProductLocks
 from offline_cli.models import (
     LICENSE_EXPIRED,
@@ -144,6 +145,24 @@ class StoreReader:
         if entry.license_expires_at is not None and entry.license_expires_at <= self._clock():
             return LICENSE_EXPIRED
         return None
+
+    def stored_product(self, key: str) -> tuple[StoredProduct | None, str | None]:
+        """Where a committed product's files are, and why it is not valid (None: valid by
+        the cheap check); (None, None) when it is not offlined. Paths that are not the
+        store's own are never returned."""
+        entry = self.store.get_offlined(key)
+        if entry is None:
+            return None, None
+        own = self.layout.own_file
+        media = own(entry.media_path, key, partial=False, folder_ok=lambda folder: True)
+        if media is None:
+            return None, "media path is not a file of the store (not read)"
+        license_path = (
+            own(entry.license_path, key, partial=False, folder_ok=lambda folder: True)
+            if entry.license_path
+            else None
+        )
+        return locate(entry, media, license_path), self.quick_valid(entry)
 
     def product_for_key(self, key: str) -> MediaProduct:
         """The product a stored key names, with the URLs the store remembers."""
