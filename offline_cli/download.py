@@ -221,6 +221,13 @@ class Downloader:
             ),
         )
         if info.is_hls:
+            if product.sha256:
+                raise PermanentError(
+                    "--sha256 cannot check an HLS product (its playlist names many parts, "
+                    "each checked on its own); nothing fetched",
+                    product=product.key,
+                    hint="give no --sha256 for it",
+                )
             # The playlist names the parts; a size or SHA-256 of "the media" means nothing.
             return MediaProduct(
                 product.product_type,

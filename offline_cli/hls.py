@@ -435,8 +435,6 @@ def _plan_media(
             body.append("#EXT-X-DISCONTINUITY")
         body.append(f"#EXTINF:{duration:.6f},")
         body.append(seg.name)
-    if counters["s"] > 999_999:
-        raise _bad(product, url, f"more than {MAX_SEGMENTS} segments")
     version = max(6 if uses_map else 3, _int(playlist.version, 3))
     sequence = _int(playlist.media_sequence, 0)
     lines += [

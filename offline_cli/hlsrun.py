@@ -4,6 +4,7 @@ the local playlists that name them, or nothing."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from offline_cli.bundle import regular_size, sha256_of
-from offline_cli.errors import DownloadError, PermanentError
+from offline_cli.errors import DiskFull, DownloadError, PermanentError
 from offline_cli.hls import (
     INDEX_PLAYLIST,
     KEY_BYTES,
@@ -27,7 +28,13 @@ from offline_cli.hls import (
     plan,
 )
 from offline_cli.models import OfflinedEntry, StoredPart
-from offline_cli.paths import PRIVATE_DIR_MODE, fsync_dir, open_private
+from offline_cli.paths import (
+    PRIVATE_DIR_MODE,
+    fsync_dir,
+    open_private,
+    safe_remove,
+    safe_remove_tree,
+)
 from offline_cli.productrun import CoordinationState, ProductRun
 from offline_cli.retry import RetryHooks, execute
 from offline_cli.runtime import Cancel, PartsAbandoned, RunInterrupted, Runtime
@@ -301,11 +308,21 @@ class HlsRun(ProductRun):
         for name, text in playlists.items():
             data = text.encode("utf-8")
             path = self.folder / name
-            path.unlink(missing_ok=True)  # never write through a planted link
-            with os.fdopen(open_private(path, os.O_WRONLY | os.O_TRUNC), "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    safe_remove_tree(self.rt.layout, path)
+                path.unlink(missing_ok=True)  # never write through a planted link
+                with os.fdopen(open_private(path, os.O_WRONLY | os.O_TRUNC), "wb") as out:
+                    out.write(data)
+                    out.flush()
+                    os.fsync(out.fileno())
+            except OSError as exc:
+                full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                raise (DiskFull if full else PermanentError)(
+                    f"cannot write the local playlist {name}: "
+                    f"{'disk full' if full else exc.strerror or exc}",
+                    product=self.product.key,
+                ) from exc
             digest = hashlib.sha256(data).hexdigest()
             written.append(StoredPart(name, PartKind.PLAYLIST, len(data), digest, f"local:{name}"))
         return written
@@ -342,8 +359,9 @@ class HlsRun(ProductRun):
         if final.parent.is_symlink():
             final.parent.unlink()  # a link planted in the store: never write through it
         final.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
-        if final.is_symlink() or final.is_file():
-            final.unlink()
+        if os.path.lexists(final):
+            # This download's own name: left by an earlier try of its commit, or planted.
+            safe_remove(layout, final)
         if license_result is not None and final_license is not None:
             os.replace(license_result.path, final_license)
             rt.fault("license_moved")

@@ -532,3 +532,34 @@ def test_credentials_go_to_playlists_and_segments_of_the_source_origin_only(
             assert "Authorization" not in served.headers and "X-Api-Key" not in served.headers
     finally:
         cdn.stop()
+
+
+def test_a_checksum_given_for_an_hls_product_is_refused_not_ignored(
+    cli: Cli, home: Path, sim: NetSim
+) -> None:
+    origin = HlsOrigin(sim)
+    result = offline(cli, origin, "--sha256", "a" * 64)
+    assert result.exit_code == 1
+    assert "--sha256 cannot check an HLS product" in result.stderr
+    assert origin.segment_requests() == []
+
+
+def test_a_stale_folder_at_the_final_name_does_not_stop_the_commit(
+    cli: Cli, home: Path, sim: NetSim, procs: Procs
+) -> None:
+    """A crash after the folder was renamed back (or a planted folder of the same name):
+    the commit replaces what is at its own final name."""
+    origin = HlsOrigin(sim, variants=(1_000,))
+    child = procs.spawn_crash(
+        MediaProduct(ProductType.TRACK, "1"),
+        CrashAt("files_moved"),
+        settings={"source": origin.source},
+    )
+    assert child.wait() == -9, child.stderr()
+    folder = stored_folder(home)
+    shutil.copytree(folder, home / "partial" / folder.name.replace(".hls", ".hls.part"))
+    (folder / "planted.txt").write_text("x")
+    resumed = cli("resume", env={**FAST, "OFFLINE_CLI_SOURCE": origin.source})
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "planted.txt" not in {p.name for p in stored_folder(home).iterdir()}
+    assert cli("validate", "track:1").exit_code == 0
