@@ -9,6 +9,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import queue
 import re
 import shutil
 import socket
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 
 from offline_cli._version import __version__
@@ -296,6 +298,98 @@ class TransferStats:
     restarts: int = 0
     requests: int = 0
     statuses: list[int] = field(default_factory=list)
+
+
+# A body at least this large is written and hashed on a worker thread (see _Sink).
+THREADED_SINK_MIN_BYTES = 8 * 1024 * 1024
+# Writeback of the written bytes is started every so many bytes, not left to the final fsync.
+WRITEBACK_EVERY_BYTES = 8 * 1024 * 1024
+# Chunks received ahead of the disk at most (memory stays bounded: 8 reads of at most
+# HTTP_READ_BYTES each).
+SINK_QUEUE_CHUNKS = 8
+# What httpcore asks the socket for at a time (its default is 64 KiB): fewer, larger reads
+# cut the per-chunk Python work of a large body by a quarter (bench/README.md, "one large
+# file"). httpcore reads this class attribute on every read; it is the one knob it offers.
+HTTP_READ_BYTES = 256 * 1024
+httpcore.HTTP11Connection.READ_NUM_BYTES = HTTP_READ_BYTES
+# A large body tells on_progress every this many bytes or PROGRESS_EVERY_S, not per chunk
+# (a 1 GiB body is 16,384 chunks); a small one, every chunk.
+PROGRESS_EVERY_BYTES = 1024 * 1024
+PROGRESS_EVERY_S = 0.05
+
+
+class _Sink:
+    """Where a body's bytes go: written and hashed in order.
+
+    For a large body on a worker thread, so that receiving the next chunk overlaps with
+    writing and hashing this one (both release the GIL); and the kernel's writeback of what
+    was written is started every WRITEBACK_EVERY_BYTES (posix_fadvise DONTNEED starts it
+    without waiting), so the final fsync finds little left to write instead of the whole
+    file. An error of the worker (a full disk) is raised by the next write or by close().
+    """
+
+    def __init__(self, out: Any, hasher: hashlib._Hash, start: int, *, threaded: bool) -> None:
+        self._out = out
+        self._hasher = hasher
+        self._fd: int = out.fileno()
+        self._written = start
+        self._writeback_from = start
+        self._error: BaseException | None = None
+        # SimpleQueue (in C) and a semaphore for the bound: a fraction of the lock traffic
+        # of queue.Queue, which showed as most of the hand-over cost.
+        self._queue: queue.SimpleQueue[bytes | None] | None = None
+        self._room = threading.BoundedSemaphore(SINK_QUEUE_CHUNKS)
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._queue = queue.SimpleQueue()
+            self._thread = threading.Thread(
+                target=self._drain, name="offline-cli-sink", daemon=True
+            )
+            self._thread.start()
+
+    def write(self, chunk: bytes) -> None:
+        if self._queue is None:
+            self._write(chunk)
+            return
+        if self._error is not None:
+            raise self._error
+        self._room.acquire()
+        self._queue.put(chunk)
+
+    def _write(self, chunk: bytes) -> None:
+        self._out.write(chunk)
+        self._hasher.update(chunk)
+        self._written += len(chunk)
+        if self._written - self._writeback_from >= WRITEBACK_EVERY_BYTES:
+            self._out.flush()
+            with contextlib.suppress(OSError, AttributeError):
+                os.posix_fadvise(
+                    self._fd,
+                    self._writeback_from,
+                    self._written - self._writeback_from,
+                    os.POSIX_FADV_DONTNEED,
+                )
+            self._writeback_from = self._written
+
+    def _drain(self) -> None:
+        assert self._queue is not None
+        while (chunk := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._write(chunk)
+                except BaseException as exc:  # handed to the receiving thread
+                    self._error = exc
+            self._room.release()
+
+    def close(self, *, raise_error: bool = True) -> None:
+        """Wait until every chunk handed over is written (also on the way out of a failed
+        or cancelled read: those bytes arrived whole and in order, and resume from them)."""
+        if self._queue is not None and self._thread is not None:
+            self._queue.put(None)  # past the bound: the end mark never waits for room
+            self._thread.join()
+            self._queue = None
+        if raise_error and self._error is not None:
+            raise self._error
 
 
 class Transfer:
@@ -905,47 +999,22 @@ class Transfer:
             # From the first body of the try: the wait for its headers has its own
             # deadline, and the waits between bounded rounds count against the window.
             self._speed = _SpeedFloor(self.min_speed, self.stall_timeout_s, self.monotonic)
-        speed = self._speed
+        expected = (end if end is not None else total or 0) - offset
+        threaded = (end is None and total is None) or expected >= THREADED_SINK_MIN_BYTES
+        # How often on_progress hears of it: bytes or seconds (a small body: every chunk).
+        pace = (PROGRESS_EVERY_BYTES, PROGRESS_EVERY_S) if threaded else (0, 0.0)
         try:
             # 0600 and never through a link planted after the check in attempt().
             flags = os.O_WRONLY | (os.O_APPEND if offset else os.O_TRUNC)
             with os.fdopen(open_private(self.partial_path, flags), "ab" if offset else "wb") as out:
                 out.truncate(offset)
-                for raw in response.iter_raw(self.read_size):
-                    self.stats.bytes_fetched += len(raw)
-                    chunk = raw
-                    if skip:
-                        chunk, skip = raw[skip:], max(0, skip - len(raw))
-                    if end is None and total is not None and done + len(chunk) > total:
-                        raise self._length_contradiction(
-                            response, f"a body longer than {total} bytes", total
-                        )
-                    if end is not None and done + len(chunk) > end:
-                        # Never write past what the server announced.
-                        chunk = chunk[: end - done]
-                        self._write(out, hasher, chunk)
-                        done += len(chunk)
-                        raise self._error(
-                            NetworkError, f"server sent more than its length ({end} bytes)"
-                        )
-                    self._write(out, hasher, chunk)
-                    done += len(chunk)
-                    self.on_progress(done, total)
-                    self.check_stop()
-                    if self.throttle is not None:
-                        self.throttle(len(raw))
-                    if speed.too_slow(len(raw)):
-                        self.slow_bytes = speed.bytes
-                        raise self._error(
-                            NetworkError,
-                            f"stalled: less than {human_bytes(self.min_speed)}/s from "
-                            f"{host_of(self.url)} for {self.stall_timeout_s:g}s",
-                        )
-                    if end is not None and done == end and end != total:
-                        # A bounded range is all in: do not wait on a server that sends on.
-                        # (A body that runs to the end of the file ends here by its length:
-                        # reading on lets httpcore see its end and keep the connection.)
-                        break
+                sink = _Sink(out, hasher, offset, threaded=threaded)
+                try:
+                    done = self._receive(response, sink, done, skip, end, total, pace)
+                except BaseException:
+                    sink.close(raise_error=False)
+                    raise
+                sink.close()
                 out.flush()
                 os.fsync(out.fileno())
                 self._remember_file(out.fileno())
@@ -954,13 +1023,82 @@ class Transfer:
                 free = self.disk_free(self.partial_path.parent)
                 raise self._error(
                     DiskFull,
-                    f"not enough disk space: disk full after {human_bytes(done)}, "
+                    f"not enough disk space: disk full after {human_bytes(self.bytes_on_disk)}, "
                     f"{human_bytes(free)} free",
                 ) from exc
             raise self._error(
                 PermanentError, f"cannot write {self.partial_path}: {exc.strerror or exc}"
             ) from exc
-        if skip or (end is not None and done < end):
+        return self._finish_body(response, done, end, total, hasher)
+
+    def _receive(
+        self,
+        response: httpx.Response,
+        sink: _Sink,
+        done: int,
+        skip: int,
+        end: int | None,
+        total: int | None,
+        pace: tuple[int, float],
+    ) -> int:
+        """Read the body into ``sink``; returns the bytes written (with what was there)."""
+        told_bytes, told_at = done, self.monotonic()
+        speed = self._speed
+        assert speed is not None
+        for raw in response.iter_raw(self.read_size):
+            self.stats.bytes_fetched += len(raw)
+            chunk = raw
+            if skip:
+                chunk, skip = raw[skip:], max(0, skip - len(raw))
+            if end is None and total is not None and done + len(chunk) > total:
+                raise self._length_contradiction(
+                    response, f"a body longer than {total} bytes", total
+                )
+            if end is not None and done + len(chunk) > end:
+                # Never write past what the server announced.
+                chunk = chunk[: end - done]
+                sink.write(chunk)
+                done += len(chunk)
+                raise self._error(NetworkError, f"server sent more than its length ({end} bytes)")
+            sink.write(chunk)
+            done += len(chunk)
+            now = self.monotonic()
+            if done - told_bytes >= pace[0] or now - told_at >= pace[1] or done in (end, total):
+                told_bytes, told_at = done, now
+                self.on_progress(done, total)
+            self.check_stop()
+            if self.throttle is not None:
+                self.throttle(len(raw))
+            if speed.too_slow(len(raw)):
+                self.slow_bytes = speed.bytes
+                raise self._error(
+                    NetworkError,
+                    f"stalled: less than {human_bytes(self.min_speed)}/s from "
+                    f"{host_of(self.url)} for {self.stall_timeout_s:g}s",
+                )
+            if end is not None and done == end and end != total:
+                # A bounded range is all in: do not wait on a server that sends on.
+                # (A body that runs to the end of the file ends here by its length:
+                # reading on lets httpcore see its end and keep the connection.)
+                break
+        if skip:
+            raise self._error(
+                NetworkError,
+                f"body cut short: got {done} of {end} bytes from {host_of(self.url)}",
+            )
+        return done
+
+    def _finish_body(
+        self,
+        response: httpx.Response,
+        done: int,
+        end: int | None,
+        total: int | None,
+        hasher: hashlib._Hash,
+    ) -> TransferResult | None:
+        """After a body ended: was it whole? A result when the file is complete, None when
+        a bounded range is in and the caller asks for the rest."""
+        if end is not None and done < end:
             raise self._error(
                 NetworkError,
                 f"body cut short: got {done} of {end} bytes from {host_of(self.url)}",
@@ -977,11 +1115,6 @@ class Transfer:
             return None  # a bounded range: the caller asks for the rest
         self.on_progress(done, done)
         return self._result(hasher, done)
-
-    @staticmethod
-    def _write(out: Any, hasher: hashlib._Hash, chunk: bytes) -> None:
-        out.write(chunk)
-        hasher.update(chunk)
 
 
 class _SpeedFloor:
