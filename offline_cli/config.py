@@ -318,6 +318,8 @@ def _coerce(name: str, value: Any, where: str) -> Any:
                 raise TypeError(f"expected {what}")
             _check_range(name, value)
             return float(value)
+        if name == "quality" and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # quality = 2000000 (a BANDWIDTH) reads like "2000000"
         if not isinstance(value, str):
             raise TypeError("expected a string")
         if name == "source":

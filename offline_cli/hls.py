@@ -94,10 +94,13 @@ class StreamChoice:
         if not isinstance(data, dict):
             return None
         variant, bandwidth = data.get("variant"), data.get("bandwidth")
-        return cls(
+        choice = cls(
             variant if isinstance(variant, str) else None,
             bandwidth if isinstance(bandwidth, int) and not isinstance(bandwidth, bool) else None,
         )
+        # Nothing chosen yet (a download that has not read its master playlist), or nothing
+        # to choose (a media playlist): no choice to keep.
+        return choice if choice != cls() else None
 
 
 @dataclass(frozen=True)
@@ -301,12 +304,12 @@ def _refuse_keys(keys: Sequence[m3u8.Key | None], url: str, product: str) -> Non
         _check_key(key, url, product)
 
 
-def _refused(product: str, url: str, what: str) -> DownloadError:
+def _refused(product: str, url: str, what: str, hint: str | None = None) -> DownloadError:
     return PermanentError(
         f"cannot store this stream for offline use: {what}; nothing fetched",
         product=product,
         url=url,
-        hint="only clear or AES-128 (identity key) HLS streams can be stored",
+        hint=hint or "only clear or AES-128 (identity key) HLS streams can be stored",
     )
 
 
@@ -361,7 +364,12 @@ def _plan_media(
     """The parts of one media playlist and its local text (our names, no byte ranges)."""
     if not playlist.is_endlist:
         kind = "an EVENT" if playlist.playlist_type == "event" else "a live"
-        raise _refused(product, url, f"{kind} playlist (no #EXT-X-ENDLIST)")
+        raise _refused(
+            product,
+            url,
+            f"{kind} playlist (no #EXT-X-ENDLIST)",
+            "only complete (VOD) playlists can be stored; try again once the stream has ended",
+        )
     if not playlist.segments:
         raise _bad(product, url, "a media playlist without segments")
     rate = (bandwidth or FALLBACK_BITS_PER_SECOND) / 8

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from offline_cli.bundle import regular_size, sha256_of
-from offline_cli.errors import DiskFull, DownloadError, PermanentError
+from offline_cli.errors import DiskFull, DownloadCancelled, DownloadError, PermanentError
 from offline_cli.hls import (
     INDEX_PLAYLIST,
     KEY_BYTES,
@@ -287,6 +287,8 @@ class HlsRun(ProductRun):
                 checkpoint=checkpoint or Checkpoint(url=part.url),
                 on_checkpoint=save,
             )
+        except DownloadCancelled:
+            raise  # a delete from another process: nothing to do with this part
         except DownloadError as exc:
             raise exc.within(f"{part.kind} {part.name}") from exc.__cause__
         if part.kind == PartKind.KEY and result.size != KEY_BYTES:

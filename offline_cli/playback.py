@@ -12,6 +12,7 @@ import httpx
 
 from offline_cli.errors import (
     DownloadError,
+    HTTPStatusError,
     PermanentError,
     ProductNotFound,
     UnknownDownloadError,
@@ -220,6 +221,16 @@ def fetch_playback_info(
                     f"product not found: HTTP 404 from {host_of(url)}",
                     product=product.key,
                     url=url,
+                )
+            if response.status_code in (401, 403):
+                raise HTTPStatusError(
+                    f"the playback-info source refused: HTTP {response.status_code} "
+                    f"{response.reason_phrase} from {host_of(url)}",
+                    status=response.status_code,
+                    product=product.key,
+                    url=url,
+                    hint="it may want credentials: set $OFFLINE_CLI_TOKEN (or token_file in "
+                    "the config) or give --header",
                 )
             if response.status_code >= 400:
                 # Same classification as media: 5xx/429 retried, other 4xx permanent.

@@ -563,3 +563,48 @@ def test_a_stale_folder_at_the_final_name_does_not_stop_the_commit(
     assert resumed.exit_code == 0, resumed.stderr
     assert "planted.txt" not in {p.name for p in stored_folder(home).iterdir()}
     assert cli("validate", "track:1").exit_code == 0
+
+
+def test_repair_takes_the_variant_the_product_was_stored_with(
+    cli: Cli, home: Path, sim: NetSim
+) -> None:
+    origin = HlsOrigin(sim, variants=(800_000, 2_000_000))
+    assert offline(cli, origin, "--quality", "worst").exit_code == 0
+    (stored_folder(home) / "v-s1.ts").unlink()
+    before = len(origin.segment_requests())
+    repaired = cli("validate", "--repair", "--source", origin.source, env=FAST)
+    assert repaired.exit_code == 0, repaired.stderr
+    assert origin.segment_requests()[before:] == [origin.segment_path("v800000", 0)]
+    assert stream_of(home)["bandwidth"] == 800_000
+
+
+def test_quality_from_the_config_may_be_a_number(
+    cli: Cli, home: Path, sim: NetSim, tmp_path: Path
+) -> None:
+    origin = HlsOrigin(sim, variants=(800_000, 2_000_000))
+    config = tmp_path / "config.toml"
+    config.write_text("quality = 800000\n")
+    result = cli(
+        "offline",
+        "track:1",
+        "--source",
+        origin.source,
+        env={**FAST, "OFFLINE_CLI_CONFIG": str(config)},
+    )
+    assert result.exit_code == 0, result.stderr
+    assert stream_of(home)["bandwidth"] == 800_000
+
+
+def test_a_source_that_wants_credentials_says_so(cli: Cli, home: Path, sim: NetSim) -> None:
+    origin = HlsOrigin(sim)
+    sim.resources["/info/track/1"].faults = [Fault("status", status=401)]
+    result = offline(cli, origin)
+    assert result.exit_code == 1
+    assert "the playback-info source refused: HTTP 401" in result.stderr
+    assert "$OFFLINE_CLI_TOKEN" in result.stderr
+
+
+def test_a_live_playlist_is_told_to_wait_for_the_end(cli: Cli, home: Path, sim: NetSim) -> None:
+    origin = HlsOrigin(sim, endlist=False)
+    result = offline(cli, origin)
+    assert "try again once the stream has ended" in result.stderr
