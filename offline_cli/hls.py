@@ -9,7 +9,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from offline_cli.errors import DownloadError, PermanentError, UsageError
@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 # wrote; a few thousand segments is a long film).
 MAX_PLAYLIST_BYTES = 16 << 20
 MAX_SEGMENTS = 100_000
+# m3u8 matches every segment against every key and init section seen (time ~ tags x
+# segments): a playlist rotating its key per segment would pin a CPU for minutes. Both are
+# counted in the text before it is parsed.
+MAX_KEY_TAGS = 2_000
+MAX_TAG_WORK = 20_000_000  # (EXT-X-KEY + EXT-X-MAP tags) x segments
 MAX_AUDIO_RENDITIONS = 8
 MAX_SEGMENT_SECONDS = 24 * 3600.0
 MAX_RANGE_BYTES = 1 << 50
@@ -170,7 +175,7 @@ def plan(
     _refuse_keys(top.session_keys, url, product)
     variant = _choose(top, quality, recorded, url, product)
     bandwidth = variant.stream_info.bandwidth
-    media_url = _absolute(variant.absolute_uri, url, product)
+    media_url = _absolute(variant, url, product)
     media = _parse(*fetch(media_url), product)
     if media.is_variant:
         raise _bad(product, media_url, "a variant names another master playlist")
@@ -182,7 +187,7 @@ def plan(
             continue
         if len(audio) >= MAX_AUDIO_RENDITIONS:
             break
-        audio_url = _absolute(item.absolute_uri, url, product)
+        audio_url = _absolute(item, url, product)
         audio_playlist = _parse(*fetch(audio_url), product)
         if audio_playlist.is_variant:
             raise _bad(product, audio_url, "an audio rendition names a master playlist")
@@ -226,6 +231,14 @@ def _parse(text: str, url: str, product: str) -> m3u8.M3U8:
         raise _bad(product, url, "it does not start with #EXTM3U")
     if "\0" in text:
         raise _bad(product, url, "it holds NUL bytes")
+    segments = text.count("#EXTINF")
+    if segments > MAX_SEGMENTS:
+        raise _bad(product, url, f"more than {MAX_SEGMENTS} segments")
+    tags = text.count("#EXT-X-KEY") + text.count("#EXT-X-MAP")
+    if tags > MAX_KEY_TAGS or tags * segments > MAX_TAG_WORK:
+        raise _bad(
+            product, url, f"{tags} EXT-X-KEY/EXT-X-MAP tags for {segments} segments: too many"
+        )
     import m3u8
 
     try:
@@ -237,8 +250,15 @@ def _parse(text: str, url: str, product: str) -> m3u8.M3U8:
     return playlist
 
 
-def _absolute(value: str | None, base: str, product: str) -> str:
-    """A URI of the playlist made absolute: http(s) only, and no longer than we keep."""
+def _absolute(item: Any, base: str, product: str) -> str:
+    """The URI of a playlist entry made absolute: http(s) only, and no longer than we keep.
+
+    m3u8 joins it with the playlist's URL when asked (urljoin: a malformed one such as
+    ``http://[::1/x`` raises there, not when the playlist is parsed)."""
+    try:
+        value = item.absolute_uri
+    except ValueError as exc:
+        raise _bad(product, base, f"a URI is not a valid URL ({exc})") from None
     if not value:
         raise _bad(product, base, "an entry has no URI")
     if len(value) > MAX_URL_CHARS:
@@ -267,7 +287,7 @@ def _choose(
         # The variant the download started with: its URL first (signatures aside), else
         # the one of the same bandwidth (the master was rewritten with new paths).
         for variant in variants:
-            if redact_url(_absolute(variant.absolute_uri, url, product)) == recorded.variant:
+            if redact_url(_absolute(variant, url, product)) == recorded.variant:
                 return variant
         for variant in variants:
             if variant.stream_info.bandwidth == recorded.bandwidth:
@@ -408,7 +428,7 @@ def _plan_media(
         key_line = "#EXT-X-KEY:METHOD=NONE"
         if key is not None and key.method not in (None, "NONE"):
             _check_key(key, url, product)
-            key_url = _absolute(key.absolute_uri, url, product)
+            key_url = _absolute(key, url, product)
             key_part = part_for(key_url, PartKind.KEY, "k", "key", None, KEY_BYTES)
             key_line = f'#EXT-X-KEY:METHOD=AES-128,URI="{key_part.name}"'
             if key.iv is not None:
@@ -418,7 +438,7 @@ def _plan_media(
         current_key = key_line
         init = segment.init_section
         if init is not None:
-            init_url = _absolute(init.absolute_uri, url, product)
+            init_url = _absolute(init, url, product)
             init_window = None
             if init.byterange:
                 init_window = _window(init.byterange, 0, url, product)
@@ -430,7 +450,7 @@ def _plan_media(
                 body.append(map_line)
                 current_map = map_line
             uses_map = True
-        segment_url = _absolute(segment.absolute_uri, url, product)
+        segment_url = _absolute(segment, url, product)
         window = None
         if segment.byterange:
             window = _window(segment.byterange, range_ends.get(segment_url), url, product)
@@ -444,7 +464,13 @@ def _plan_media(
         body.append(f"#EXTINF:{duration:.6f},")
         body.append(seg.name)
     version = max(6 if uses_map else 3, _int(playlist.version, 3))
-    sequence = _int(playlist.media_sequence, 0)
+    # Kept as it is, up to 2^64 - 1 (RFC 8216): an AES-128 segment without an IV decrypts
+    # with its number, so a number we cannot keep is a playlist we cannot store.
+    sequence = (
+        0 if playlist.media_sequence is None else _int(playlist.media_sequence, -1, limit=1 << 64)
+    )
+    if sequence < 0:
+        raise _bad(product, url, "a malformed EXT-X-MEDIA-SEQUENCE")
     lines += [
         f"#EXT-X-VERSION:{min(version, 12)}",
         f"#EXT-X-TARGETDURATION:{max(1, math.ceil(longest))}",
@@ -457,8 +483,8 @@ def _plan_media(
     return Rendition(playlist_name, tuple(parts), "\n".join(lines))
 
 
-def _int(value: object, default: int) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 53:
+def _int(value: object, default: int, *, limit: int = 1 << 53) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < limit:
         return value
     return default
 

@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from offline_cli.bundle import regular_size, sha256_of
-from offline_cli.errors import DiskFull, DownloadCancelled, DownloadError, PermanentError
+from offline_cli.errors import (
+    DiskFull,
+    DownloadCancelled,
+    DownloadError,
+    OfflineError,
+    PermanentError,
+)
 from offline_cli.hls import (
     INDEX_PLAYLIST,
     KEY_BYTES,
@@ -27,7 +33,7 @@ from offline_cli.hls import (
     is_part_name,
     plan,
 )
-from offline_cli.models import OfflinedEntry, StoredPart
+from offline_cli.models import OfflinedEntry, StoredPart, shorten
 from offline_cli.paths import (
     PRIVATE_DIR_MODE,
     fsync_dir,
@@ -36,6 +42,7 @@ from offline_cli.paths import (
     safe_remove_tree,
 )
 from offline_cli.productrun import CoordinationState, ProductRun
+from offline_cli.redaction import redact_url
 from offline_cli.retry import RetryHooks, execute
 from offline_cli.runtime import Cancel, PartsAbandoned, RunInterrupted, Runtime
 
@@ -72,6 +79,8 @@ class HlsRun(ProductRun):
         self.plan: HlsPlan | None = None
         self._estimates: dict[str, int] = {}
         self._done = 0  # bytes on disk of every part (and the license)
+        # The validator each byte-ranged file's parts came under (redacted URL -> version).
+        self._versions: dict[str, str] = {}
         self._total = 0  # the parts' sizes, or their estimates until known
         self.done_parts: dict[str, StoredPart] = {}
         self._first_error: BaseException | None = None
@@ -168,9 +177,22 @@ class HlsRun(ProductRun):
                 ),
             )
 
-        planned = plan(
-            self.product.url, fetch, self.quality, self.recorded, product=self.product.key
-        )
+        try:
+            planned = plan(
+                self.product.url, fetch, self.quality, self.recorded, product=self.product.key
+            )
+        except OfflineError:
+            raise
+        except Exception as exc:
+            # m3u8 reads text a server wrote and may fail anywhere on it (when parsing, or
+            # later in a property): a playlist it cannot read is a bad playlist, never a
+            # crash that would also stop the other products of the command.
+            raise PermanentError(
+                f"bad HLS playlist: it cannot be read ({type(exc).__name__}: "
+                f"{shorten(str(exc), 120)})",
+                product=self.product.key,
+                url=self.product.url,
+            ) from exc
         choice = planned.choice.to_json()
         if choice != self.entry.stream:
             rt.store.downloads.set_stream(self.entry.id, choice)
@@ -193,7 +215,12 @@ class HlsRun(ProductRun):
             if isinstance(size, int) and regular_size(path) == size and isinstance(digest, str):
                 try:
                     if sha256_of(path) == digest:
-                        return StoredPart(part.name, part.kind, size, digest, part.identity)
+                        version = saved.get("version")
+                        version = version if isinstance(version, str) else None
+                        self._pin_version(part, version)
+                        return StoredPart(
+                            part.name, part.kind, size, digest, part.identity, version
+                        )
                 except OSError:
                     pass
         if self.stored is None or self.stored.parts is None:
@@ -217,7 +244,10 @@ class HlsRun(ProductRun):
                     shutil.copyfile(source, path, follow_symlinks=False)
             except OSError:
                 continue
-            kept = StoredPart(part.name, part.kind, old.size, old.sha256, part.identity)
+            self._pin_version(part, old.version)
+            kept = StoredPart(
+                part.name, part.kind, old.size, old.sha256, part.identity, old.version
+            )
             self._save_complete(kept)
             return kept
         return None
@@ -226,8 +256,32 @@ class HlsRun(ProductRun):
         self.rt.store.downloads.save_part(
             self.entry.id,
             part.name,
-            {"source": part.source, "complete": True, "size": part.size, "sha256": part.sha256},
+            {
+                "source": part.source,
+                "complete": True,
+                "size": part.size,
+                "sha256": part.sha256,
+                "version": part.version,
+            },
         )
+
+    def _pin_version(self, part: Part, version: str | None) -> None:
+        """The byte ranges of one file all come from one version of it: the first part of a
+        URL to arrive (or be kept) pins its validator; a part of another version fails the
+        download, its partial data removed, so the next try fetches them all anew."""
+        if version is None or part.window is None:
+            return
+        resource = redact_url(part.url)
+        with self._lock:
+            pinned = self._versions.setdefault(resource, version)
+        if pinned != version:
+            raise PermanentError(
+                f"{shorten(resource, 80)} changed while its byte ranges were fetched "
+                f"({shorten(pinned, 40)}, then {shorten(version, 40)}); nothing was stored",
+                product=self.product.key,
+                url=part.url,
+                hint="run the command again: it fetches every range of the new version",
+            )
 
     def _fetch_all(self, parts: list[Part], saved: dict[str, dict[str, Any]]) -> None:
         """Fetch ``parts``, up to -j at once; the first to fail for good stops the others
@@ -298,7 +352,9 @@ class HlsRun(ProductRun):
                 url=part.url,
                 hint="the key server sent something that is not a key",
             )
-        done = StoredPart(part.name, part.kind, result.size, result.sha256, identity)
+        version = result.etag or result.last_modified
+        self._pin_version(part, version)
+        done = StoredPart(part.name, part.kind, result.size, result.sha256, identity, version)
         self._save_complete(done)
         with self._lock:
             self.done_parts[part.name] = done
@@ -331,12 +387,20 @@ class HlsRun(ProductRun):
 
     def _check_folder_ours(self, parts: list[StoredPart]) -> None:
         """Every file about to be committed is a regular file of the size it was hashed at,
-        in a folder that is not a link: something swapped in meanwhile is never stored."""
+        in a folder that is not a link: something swapped in meanwhile is never stored. And
+        nothing else goes into the store with them (a part of an earlier plan, a planted
+        file or link): the folder holds what the product's row lists, no more."""
         if self.folder.is_symlink() or not self.folder.is_dir():
             self._replaced(self.folder)
         for part in parts:
             if regular_size(self.folder / part.name) != part.size:
                 self._replaced(self.folder / part.name)
+        wanted = {part.name for part in parts}
+        for name in os.listdir(self.folder):
+            if name not in wanted:
+                safe_remove(self.rt.layout, self.folder / name)
+                if os.path.lexists(self.folder / name):  # a folder: not one of ours either
+                    safe_remove_tree(self.rt.layout, self.folder / name)
 
     def _replaced(self, path: Path) -> None:
         raise PermanentError(

@@ -384,12 +384,18 @@ class StoredPart:
     size: int
     sha256: str
     source: str
+    # The validator (ETag, else Last-Modified) its bytes came under, when the server gave one:
+    # the byte ranges of one file must all come from one version of it.
+    version: str | None = None
 
     def to_dict(self) -> dict[str, str | int]:
-        return {
+        data: dict[str, str | int] = {
             "name": self.name,
             "kind": self.kind,
             "size": self.size,
             "sha256": self.sha256,
             "source": self.source,
         }
+        if self.version is not None:
+            data["version"] = self.version
+        return data

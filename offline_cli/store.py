@@ -330,6 +330,7 @@ def _stored_parts(raw: Any) -> tuple[StoredPart, ...] | None:
                 size=_number(item.get("size"), "part size"),
                 sha256=_text(item.get("sha256"), "part sha256"),
                 source=_text(item.get("source"), "part source"),
+                version=_text(item.get("version"), "part version", optional=True),
             )
         except BadRow:
             raise

@@ -803,6 +803,13 @@ class Transfer:
                 response, describe_bad_content_range(response.headers.get("Content-Range"))
             )
         assert content_range is not None
+        if content_range.total is not None and start + length > content_range.total:
+            response.close()
+            raise self._error(
+                PermanentError,
+                f"the playlist's byte range {start}-{start + length - 1} is past the end of "
+                f"the file at {host_of(self.url)} ({content_range.total} bytes)",
+            )
         if content_range.start != start + offset or content_range.end > start + length - 1:
             self._refuse_range(
                 response,
