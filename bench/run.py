@@ -16,6 +16,8 @@ Sections:
                  ``aria2c -j 8 -i``, ``curl -Z --parallel-max 8`` and ``wget -i``
   6. throttled   24 x 1 MB from a server capped at 500 kB/s per connection: ``-j 8`` and
                  ``-j 1`` against the ideal time (and aria2c, curl with 8 connections)
+  7. startup     ``state PRODUCT``, ``--version`` and ``--help`` through the console script
+                 against a minimal typer app: paired ratios and the targets (PASS/FAIL)
 
 BENCH_CASES=many,throttled (comma-separated section names) is the same as ``--only`` for each.
 """
@@ -743,7 +745,7 @@ def bench_startup(args: argparse.Namespace, tmp: Path, config: Path, report: Rep
     """`state PRODUCT`, `--version` and `--help` against a minimal two-command typer app.
 
     Interleaved rounds (the order rotates each round), one run of each command per round;
-    each round gives a paired ratio (command / app, run seconds apart). The verdict is the
+    each round gives a paired ratio (command / app, run moments apart). The verdict is the
     median of those ratios; the ratio of the fastest runs is printed beside it.
     """
     runs = args.startup_runs
