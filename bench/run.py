@@ -16,6 +16,8 @@ Sections:
                  ``aria2c -j 8 -i``, ``curl -Z --parallel-max 8`` and ``wget -i``
   6. throttled   24 x 1 MB from a server capped at 500 kB/s per connection: ``-j 8`` and
                  ``-j 1`` against the ideal time (and aria2c, curl with 8 connections)
+  7. startup     ``state PRODUCT``, ``--version`` and ``--help`` through the console script
+                 against a minimal typer app: paired ratios and the targets (PASS/FAIL)
 
 BENCH_CASES=many,throttled (comma-separated section names) is the same as ``--only`` for each.
 """
@@ -724,6 +726,141 @@ def bench_importtime(report: Report, state_home: Path, config: Path, top: int = 
     )
 
 
+# -- startup: the read-only commands against the framework's floor ----------------------------
+
+# Each target: the command's wall time over the minimal typer app's, both run as a user runs
+# them (the console script, .venv/bin/offline-cli, against `python -c APP`).
+STARTUP_TARGETS: dict[str, float] = {"state_product": 1.15, "version": 1.05, "help": 1.05}
+# Packages a read-only command should not need; the section reports which ones each imports.
+STARTUP_WATCH = ("httpx", "ssl", "peewee", "sqlite3", "filelock", "rich", "m3u8", "backoff")
+
+
+def imported_modules(cmd: list[str], env: dict[str, str] | None) -> list[str]:
+    """The modules ``cmd`` (a Python program) imports, from one ``-X importtime`` run."""
+    env_x = dict(env if env is not None else os.environ, PYTHONPROFILEIMPORTTIME="1")
+    return sorted(parse_importtime(run(cmd, env=env_x).check().stderr))
+
+
+def bench_startup(args: argparse.Namespace, tmp: Path, config: Path, report: Report) -> None:
+    """`state PRODUCT`, `--version` and `--help` against a minimal two-command typer app.
+
+    Interleaved rounds (the order rotates each round), one run of each command per round;
+    each round gives a paired ratio (command / app, run moments apart). The verdict is the
+    median of those ratios; the ratio of the fastest runs is printed beside it.
+    """
+    runs = args.startup_runs
+    home = tmp / "home-startup"
+    serve = tmp / "serve-startup"
+    serve.mkdir()
+    (serve / "tiny.bin").write_bytes(os.urandom(1024))
+    env = cli_env(home, config)
+    # Bytecode as a user has it (pip compiles a regular install; an editable one writes it
+    # on first run): with PYTHONDONTWRITEBYTECODE set, as in some CI and agent shells,
+    # every run would compile offline_cli from source and that is what would be measured.
+    import compileall
+
+    compileall.compile_dir(str(REPO / "offline_cli"), quiet=1)
+    progress("startup: a store of one product")
+    with SendfileServer(serve) as server:
+        url = server.url("tiny.bin")
+        run([*OFFLINE_CLI, "-q", "offline", url], env=env).check()
+    # The server is gone: `state` must not touch the network.
+    commands: dict[str, list[str]] = {
+        "typer_minimal_app": [PYTHON, "-c", TYPER_MINIMAL_APP],
+        "state_product": [*OFFLINE_CLI, "state", url],
+        "version": [*OFFLINE_CLI, "--version"],
+        "help": [*OFFLINE_CLI, "--help"],
+    }
+    labels = {
+        "typer_minimal_app": "a minimal typer app (2 commands), run",
+        "state_product": "offline-cli state PRODUCT (1 stored)",
+        "version": "offline-cli --version",
+        "help": "offline-cli --help",
+    }
+    expected = {
+        "state_product": lambda out: out.strip() == "OFFLINED_AND_VALID",
+        "version": lambda out: out.startswith("offline-cli "),
+        "help": lambda out: "Usage:" in out,
+    }
+    for name, cmd in commands.items():  # warm-up (bytecode, page cache) and a check
+        out = run(cmd, env=env).check().stdout
+        if name in expected and not expected[name](out):
+            raise BenchError(f"{' '.join(cmd)}: unexpected output {out[:200]!r}")
+    progress(f"startup: {runs} rounds of {len(commands)} commands")
+    names = list(commands)
+    walls: dict[str, list[float]] = {k: [] for k in names}
+    for i in range(runs):
+        order = names[i % len(names) :] + names[: i % len(names)]  # no fixed position
+        for name in order:
+            walls[name].append(run(commands[name], env=env).check().wall_s)
+    app = walls["typer_minimal_app"]
+    # What each imports (one run each, informative; the console script is Python too).
+    modules = {name: imported_modules(cmd, env) for name, cmd in commands.items()}
+    results: dict[str, Any] = {}
+    rows = []
+    app_row = {"median_ms": round(median(app) * 1000, 1), "min_ms": round(min(app) * 1000, 1)}
+    for name in names:
+        w = walls[name]
+        tops = {m.split(".")[0] for m in modules[name]}
+        entry: dict[str, Any] = {
+            "median_ms": round(median(w) * 1000, 1),
+            "min_ms": round(min(w) * 1000, 1),
+            "modules": len(modules[name]),
+            "imports": [p for p in STARTUP_WATCH if p in tops],
+        }
+        target = STARTUP_TARGETS.get(name)
+        verdict = ""
+        if target is not None:
+            paired = [a / b for a, b in zip(w, app, strict=True)]
+            entry |= {
+                "ratio_median": _round(median(paired)),
+                "ratio_min": _round(min(w) / min(app)),
+                "paired_ratios": [round(x, 3) for x in paired],
+                "target": target,
+                "pass": median(paired) <= target,
+            }
+            verdict = "PASS" if entry["pass"] else "FAIL"
+        results[name] = entry
+        rows.append(
+            [
+                labels[name],
+                f"{entry['median_ms']:.1f}",
+                f"{entry['min_ms']:.1f}",
+                fmt_ratio(entry.get("ratio_median", 1.0)),
+                fmt_ratio(entry.get("ratio_min", 1.0)),
+                f"<= {target:.2f}x" if target is not None else "",
+                verdict,
+                entry["modules"],
+                ",".join(entry["imports"]) or "-",
+            ]
+        )
+    report.data["startup"] = {
+        "runs": runs,
+        "command": OFFLINE_CLI,
+        "baseline": app_row | {"modules": len(modules["typer_minimal_app"])},
+        "targets": {k: v for k, v in results.items() if k in STARTUP_TARGETS},
+        "walls_ms": {k: [round(x * 1000, 1) for x in v] for k, v in walls.items()},
+    }
+    report.add_table(
+        table(
+            f"Start-up against a minimal typer app ({runs} interleaved rounds; ratio = median "
+            "of the paired ratios, and of the fastest runs)",
+            [
+                "command",
+                "median ms",
+                "min ms",
+                "ratio",
+                "min ratio",
+                "target",
+                "",
+                "modules",
+                "of " + ",".join(STARTUP_WATCH),
+            ],
+            rows,
+        )
+    )
+
+
 # -- 4: resume efficiency ---------------------------------------------------------------------
 
 
@@ -1162,7 +1299,7 @@ def bench_throttled(args: argparse.Namespace, tmp: Path, config: Path, report: R
 # -- main ---------------------------------------------------------------------------------------
 
 
-SECTIONS = ["downloads", "latency", "resume", "many", "throttled"]
+SECTIONS = ["downloads", "latency", "startup", "resume", "many", "throttled"]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -1171,6 +1308,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=3, help="timed downloads per tool (default 3)")
     p.add_argument("--runs", type=int, default=15, help="runs per latency command (default 15)")
     p.add_argument("--products", type=int, default=1000, help="products in the big store (1000)")
+    p.add_argument(
+        "--startup-runs", type=int, default=31, help="interleaved rounds of `startup` (31)"
+    )
     p.add_argument("--resume-mb", type=float, default=8, help="resume file size (default 8)")
     p.add_argument("--resume-rate-mb", type=float, default=4, help="its rate, MB/s (default 4)")
     p.add_argument("--jobs", type=int, default=8, help="-j for many and throttled (8)")
@@ -1198,6 +1338,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--tmp", type=Path, default=None, help="where the temporary folder goes")
     args = p.parse_args(argv)
     counts = (args.size_mb, args.repeat, args.runs, args.products, args.jobs, args.many_files)
+    counts += (args.startup_runs,)
     counts += (args.many_kib, args.throttle_files, args.throttle_repeat)
     if min(counts) < 1 or min(args.throttle_kb, args.throttle_rate_kb) <= 0:
         p.error("sizes and counts must be >= 1")
@@ -1277,6 +1418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "latency" in sections:
                 bench_latency(args, tmp, config, report)
                 bench_importtime(report, tmp / "home-state-1", config)
+            if "startup" in sections:
+                bench_startup(args, tmp, config, report)
             if "downloads" in sections:
                 memory_table(report)
             if "resume" in sections:

@@ -1,17 +1,28 @@
-"""Checks of a stored HLS product's folder: every part present with its recorded size (the
-cheap check `state` makes) and, for `validate`, its recorded SHA-256."""
+"""A stored HLS product's folder: the names its files may have, and its checks (every part
+present with its recorded size, the cheap check `state` makes, and for `validate` its
+recorded SHA-256). Apart from the HLS planner (hls.py) so that `state` does not import it."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 from pathlib import Path
 
-from offline_cli.hls import INDEX_PLAYLIST, is_part_name
 from offline_cli.models import StoredPart
 
+# The only file names a stored HLS product has: the tool's own, whatever the playlist says.
+INDEX_PLAYLIST = "index.m3u8"
+PART_NAME_RE = re.compile(
+    r"(?:index|video|audio[0-9]{1,2})\.m3u8|(?:v|a[0-9]{1,2})-[sik][0-9]{1,6}\.[a-z0-9]{1,5}"
+)
 _HASH_BLOCK = 1 << 20
+
+
+def is_part_name(name: str) -> bool:
+    """Whether ``name`` is one the tool gives the files of a stored HLS product."""
+    return PART_NAME_RE.fullmatch(name) is not None
 
 
 def sha256_of(path: Path) -> str:

@@ -1,12 +1,16 @@
 """The command line: parse, call the engine, draw progress, map errors to exit codes.
 
-The only module that imports typer or rich. rich's progress machinery is imported only by
-commands that download, so `state` stays light.
+The only module that imports typer or rich. Start-up matters (scripts call `state` in loops):
+at module level only what defining the app needs is imported. The engine (store, peewee,
+settings) is imported by the commands that use it, rich only where something is drawn, and
+`--version` and `--help` import neither (tests/test_startup.py checks what each imports).
 """
 
 from __future__ import annotations
 
+import atexit
 import errno
+import gc
 import json
 import logging
 import os
@@ -26,15 +30,6 @@ import typer
 import typer.core
 
 from offline_cli._version import __version__
-from offline_cli.config import (
-    Settings,
-    check_in_range,
-    config_file_path,
-    load_credentials,
-    load_settings,
-    read_capped,
-)
-from offline_cli.engine import OfflineEngine, Outcome, ProductResult
 from offline_cli.errors import (
     BusyError,
     ConfigError,
@@ -45,9 +40,7 @@ from offline_cli.errors import (
     Terminated,
     UsageError,
 )
-from offline_cli.export import StoredProduct
 from offline_cli.listener import OfflineEngineListener
-from offline_cli.maintenance import ValidationResult
 from offline_cli.models import (
     MediaProduct,
     OfflineState,
@@ -66,6 +59,9 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from offline_cli.auth import RequestCredentials
+    from offline_cli.config import Settings
+    from offline_cli.engine import OfflineEngine, ProductResult
+    from offline_cli.export import StoredProduct
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY, EXIT_STORAGE = 0, 1, 2, 3, 4
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
@@ -111,16 +107,17 @@ class _OneLineErrors(typer.core.TyperGroup):
         sys.exit(code)
 
 
-app = typer.Typer(
-    name=PROG,
-    cls=_OneLineErrors,
-    help="A resilient download manager for media products: offline, resume, validate.",
-    no_args_is_help=True,
-    add_completion=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+_APP_OPTIONS: dict[str, Any] = {
+    "name": PROG,
+    "cls": _OneLineErrors,
+    "help": "A resilient download manager for media products: offline, resume, validate.",
+    "no_args_is_help": True,
+    "add_completion": True,
+    "pretty_exceptions_enable": False,
+    "rich_markup_mode": None,
+    "context_settings": {"help_option_names": ["-h", "--help"]},
+}
+app = typer.Typer(**_APP_OPTIONS)
 
 
 # -- output -------------------------------------------------------------------------------------
@@ -511,6 +508,8 @@ def _settings(**overrides: Any) -> Settings:
     """The effective settings: config file, environment, global and command options."""
     overrides.setdefault("log_file", _globals.log_file)
     overrides.setdefault("db_timeout", _globals.db_timeout)
+    from offline_cli.config import load_settings
+
     return load_settings(_globals.home or default_home(), overrides)
 
 
@@ -520,6 +519,8 @@ def _engine(
     credentials: RequestCredentials | None = None,
     **overrides: Any,
 ) -> OfflineEngine:
+    from offline_cli.engine import OfflineEngine
+
     settings = settings or _settings(**overrides)
     engine = OfflineEngine(
         _globals.home or default_home(), listener, settings=settings, credentials=credentials
@@ -578,6 +579,8 @@ def _read_stdin_capped(limit: int) -> bytes:
 
 
 def _read_product_lines(source: str) -> list[str]:
+    from offline_cli.config import read_capped
+
     try:
         if source == "-":
             data = _read_stdin_capped(MAX_INPUT_BYTES)
@@ -615,7 +618,11 @@ def _duration(text: str | None, option: str, within: str | None = None) -> float
         seconds = parse_duration(text)
     except UsageError as exc:
         raise UsageError(f"{option}: {exc.message}", hint=exc.hint) from None
-    return seconds if within is None else check_in_range(within, seconds, option)
+    if within is None:
+        return seconds
+    from offline_cli.config import check_in_range
+
+    return check_in_range(within, seconds, option)
 
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")]
@@ -788,6 +795,9 @@ def offline(
         overrides |= _stream_overrides(quality, max_bandwidth)
         settings = _settings(source=source, headers=header, **overrides)
         # Checked before the store is opened: bad input changes nothing.
+        from offline_cli.config import load_credentials
+        from offline_cli.engine import OfflineEngine
+
         OfflineEngine.check_resolvable_with(settings, parsed)
         credentials = load_credentials(settings)
         with _reporting(len(parsed)) as reporter:
@@ -847,6 +857,8 @@ def _offline_all(
 
 def _result_printer(failures: list[int]) -> Callable[[ProductResult], None]:
     """Print each product's outcome as it comes; collect the exit codes of failures."""
+
+    from offline_cli.engine import Outcome
 
     def report(result: ProductResult) -> None:
         key = result.product.key
@@ -1059,6 +1071,8 @@ def resume(
         overrides = _transfer_overrides(retries, stall_timeout, network_timeout, jobs, limit_rate)
         overrides |= _stream_overrides(quality, max_bandwidth)
         settings = _settings(headers=header, **overrides)
+        from offline_cli.config import load_credentials
+
         credentials = load_credentials(settings)
         with _reporting() as reporter:
             engine = _engine(reporter, settings, credentials)
@@ -1132,6 +1146,9 @@ def validate(
             source=source, headers=header, **_stream_overrides(quality, max_bandwidth)
         )
         # Only a repair downloads: a token that cannot be read does not stop a check.
+        from offline_cli.config import load_credentials
+        from offline_cli.maintenance import ValidationResult
+
         credentials = load_credentials(settings) if repair else None
         with _reporting() as reporter:
             engine = _engine(reporter, settings, credentials)
@@ -1229,6 +1246,8 @@ def health(
 @app.command("config")
 def show_config(json_out: Json = False) -> None:
     """Show the effective settings and where each came from."""
+    from offline_cli.config import config_file_path, load_settings
+
     try:
         home = _globals.home or default_home()
         overrides = {"log_file": _globals.log_file, "db_timeout": _globals.db_timeout}
@@ -1273,11 +1292,67 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+# The global options (those of _main) that come before the command's name: the ones that
+# take a value, and the flags. Anything else there (--help, --version, -qv) means the whole app.
+_GLOBAL_VALUE_OPTIONS = ("--home", "--log-file", "--db-timeout")
+_GLOBAL_FLAGS = ("-q", "--quiet", "-v", "--verbose")
+# Set by the shell completion scripts (completions/): completion sees every command.
+_COMPLETE_VAR = "_OFFLINE_CLI_COMPLETE"
+
+
+def _command_name(info: typer.models.CommandInfo) -> str:
+    """The name typer gives a registered command (its own rule: `delete_all` is delete-all)."""
+    callback = info.callback
+    assert callback is not None
+    return info.name or typer.main.get_command_name(callback.__name__)
+
+
+def _app_for(args: Sequence[str]) -> typer.Typer:
+    """The app that runs ``args``: one holding only the command they name, when that is
+    certain, else the whole app.
+
+    typer builds every registered command (their signatures and annotations) each time the
+    app runs, which cost `state` more than its own work. The one-command app has the same
+    callback (global options), settings and group class, and its command is the very same
+    CommandInfo, so the command parses, helps and fails exactly as in the whole app; what
+    lists or suggests commands (no command, `--help`, a name that is not a command,
+    completion) runs the whole app.
+    """
+    if _COMPLETE_VAR in os.environ:
+        return app
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in _GLOBAL_VALUE_OPTIONS:
+            i += 2
+        elif arg in _GLOBAL_FLAGS or arg.startswith(tuple(f"{o}=" for o in _GLOBAL_VALUE_OPTIONS)):
+            i += 1
+        else:
+            break
+    if i >= len(args):
+        return app
+    for info in app.registered_commands:
+        if _command_name(info) == args[i]:
+            one = typer.Typer(**_APP_OPTIONS)
+            one.registered_callback = app.registered_callback
+            one.registered_commands = [info]
+            return one
+    return app
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point: runs the app, mapping signals to exit codes."""
+    # As the interpreter exits, CPython runs full garbage collections over every object still
+    # alive (some 34,000 after `state`: typer, pydantic, the engine) before it frees them
+    # anyway: about an eighth of a `state` run (bench/README.md, "Start-up"). Frozen at exit,
+    # they are skipped. Files and the database are closed by then (with blocks,
+    # _close_engines, logging's own atexit handler), so nothing waits for those passes.
+    atexit.unregister(gc.freeze)  # once per process, however often main() runs
+    atexit.register(gc.freeze)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    args = list(argv) if argv is not None else None
     try:
-        app(args=list(argv) if argv is not None else None, prog_name=PROG)
+        _app_for(sys.argv[1:] if args is None else args)(args=args, prog_name=PROG)
     except KeyboardInterrupt:
         _print_error(_interrupted_line("interrupted"))
         sys.exit(EXIT_SIGINT)

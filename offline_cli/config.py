@@ -7,7 +7,6 @@ import math
 import os
 import re
 import stat
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -230,14 +229,23 @@ def read_capped(path: Path, limit: int, *, allow_pipe: bool = False) -> bytes:
 
 def _read_config_file(path: Path) -> dict[str, Any]:
     try:
-        raw = read_capped(path, MAX_CONFIG_BYTES)
-        return tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = read_capped(path, MAX_CONFIG_BYTES).decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     except ValueError as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    if not text.strip(" \t\n"):
+        return {}  # an empty document, as tomllib says, without importing the parser
+    import tomllib
+
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
 
 
 def _config_values(data: dict[str, Any], path: Path) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 It decides *which* products are downloaded and *when* (locks, a bounded pool of workers,
 what to resume); the parts it wires do the work: download.py (one product's download),
-maintenance.py (cleanup, validation, health), store.py (the database). httpx is imported
-only when something is downloaded, so read commands stay light.
+maintenance.py (cleanup, validation, health), store.py (the database). What only a download,
+a deletion or maintenance needs (httpx, the retry machinery, filelock, thread pools) is
+imported by the method that needs it, so read commands such as `state` stay light
+(tests/test_startup.py checks what `state` imports).
 """
 
 from __future__ import annotations
@@ -16,19 +18,12 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_for
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from filelock import Timeout
-
 from offline_cli.config import Settings, load_credentials, load_settings
-from offline_cli.credentials import CredentialVault
-from offline_cli.deletion import Deleter
-from offline_cli.download import Downloader
 from offline_cli.errors import (
     BusyError,
     ChecksumMismatch,
@@ -42,7 +37,6 @@ from offline_cli.errors import (
     StoreUnwritable,
     UsageError,
 )
-from offline_cli.export import StoredProduct, export
 from offline_cli.listener import OfflineEngineListener
 from offline_cli.locks import LOCK_POLL_S, LOCK_PROBE_GRACE_S, ProductLocks
 from offline_cli.models import (
@@ -51,27 +45,21 @@ from offline_cli.models import (
     MediaProduct,
     OfflineState,
 )
-from offline_cli.ownership import StoreFiles
 from offline_cli.paths import Layout, default_home
-from offline_cli.ratelimit import RateLimiter
-from offline_cli.retry import RetryPolicy
-from offline_cli.runtime import (
-    Cancel,
-    FaultHook,
-    ProgressBoard,
-    RunInterrupted,
-    Runtime,
-    Watchdog,
-    no_faults,
-)
 from offline_cli.state import ProductStatus, StoreReader
 from offline_cli.store import Store
-from offline_cli.telemetry import Telemetry
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from offline_cli.auth import RequestCredentials
+    from offline_cli.credentials import CredentialVault
+    from offline_cli.deletion import Deleter
+    from offline_cli.export import StoredProduct
     from offline_cli.maintenance import CleanupReport, DownloadHealthReport, ValidationResult
     from offline_cli.network import NetworkMonitor
+    from offline_cli.ratelimit import RateLimiter
+    from offline_cli.runtime import Cancel, FaultHook, Runtime, Watchdog
     from offline_cli.transfer import HttpClient, HttpTransport
 
 log = logging.getLogger("offline_cli")
@@ -141,7 +129,7 @@ class OfflineEngine:
         self._rand = rand
         self._disk_free = disk_free or (lambda p: shutil.disk_usage(p).free)
         self._network_monitor = network_monitor
-        self._fault = fault_hook or no_faults
+        self._fault = fault_hook  # None: runtime.no_faults
         self._store: Store | None = None
         self._runtime: Runtime | None = None
         self._maintenance_checked = False
@@ -154,19 +142,20 @@ class OfflineEngine:
         self.foreign_paths: dict[str, str] = {}
         self._vault: CredentialVault | None = None
         self.locks = ProductLocks(self.layout, self._read_only_reason)
-        self._limiter = (
-            RateLimiter(self.settings.limit_rate, monotonic=monotonic)
-            if self.settings.limit_rate
-            else None
-        )
+        self._limiter: RateLimiter | None = None
+        if self.settings.limit_rate:
+            from offline_cli.ratelimit import RateLimiter
+
+            self._limiter = RateLimiter(self.settings.limit_rate, monotonic=monotonic)
         # The downloads running now (their cancel signals), and whether Ctrl-C or SIGTERM
         # stopped this engine: no download starts after that.
         self._running: set[Cancel] = set()
         self._running_lock = threading.Lock()
         self._stopping = threading.Event()
         # One thread watches every download's cancel requests and header deadlines; its
-        # database connection is its own (closed as it ends).
-        self._watchdog = Watchdog(on_exit=self._close_thread_connection)
+        # database connection is its own (closed as it ends). Made with the runtime: the
+        # runtime module (and what it wires) is imported only by what downloads or removes.
+        self._watchdog: Watchdog | None = None
 
     # -- infrastructure -------------------------------------------------------------------
 
@@ -207,8 +196,15 @@ class OfflineEngine:
     @property
     def runtime(self) -> Runtime:
         """What the parts of a download use, wired once (again after the store reopens)."""
+        from offline_cli.ownership import StoreFiles
+        from offline_cli.retry import RetryPolicy
+        from offline_cli.runtime import ProgressBoard, Runtime, Watchdog, no_faults
+        from offline_cli.telemetry import Telemetry
+
         with self._setup_lock:
             store = self.store
+            if self._watchdog is None:
+                self._watchdog = Watchdog(on_exit=self._close_thread_connection)
             if self._runtime is None or self._runtime.store is not store:
                 telemetry = Telemetry(
                     store,
@@ -240,7 +236,7 @@ class OfflineEngine:
                     disk_free=self._disk_free,
                     limiter=self._limiter,
                     date_if_range_hosts=self.date_if_range_hosts,
-                    fault=self._fault,
+                    fault=self._fault or no_faults,
                 )
             return self._runtime
 
@@ -270,7 +266,8 @@ class OfflineEngine:
 
     def close(self) -> None:
         self.flush_metrics()
-        self._watchdog.close()
+        if self._watchdog is not None:
+            self._watchdog.close()
         if self._http is not None:
             self._http.close()
             self._http = None
@@ -325,6 +322,8 @@ class OfflineEngine:
         """Full URLs with credentials live here (0600), never in the database or logs."""
         with self._setup_lock:
             if self._vault is None:
+                from offline_cli.credentials import CredentialVault
+
                 self._vault = CredentialVault(self.layout.credentials_file)
             return self._vault
 
@@ -360,6 +359,8 @@ class OfflineEngine:
     ) -> tuple[Path, str]:
         """Copy ``product``'s media (an HLS product: its playlist and parts) to ``dest``,
         verified against the SHA-256 recorded at download; the store is only read."""
+        from offline_cli.export import export
+
         return export(self.stored_product(product), dest, force=force)
 
     def get_offline_state(self, product: MediaProduct) -> OfflineState:
@@ -403,6 +404,10 @@ class OfflineEngine:
 
     def offline_product(self, product: MediaProduct, *, wait: bool = True) -> Outcome:
         """Download one product in this thread (see ``offline_products`` for many)."""
+        from filelock import Timeout
+
+        from offline_cli.runtime import RunInterrupted
+
         self.check_resolvable([product])  # bad input changes nothing: check before any work
         self.maybe_run_maintenance()
         try:
@@ -452,6 +457,9 @@ class OfflineEngine:
 
     def _download(self, product: MediaProduct) -> None:
         """Download one product (we hold its lock), stoppable through its cancel signal."""
+        from offline_cli.download import Downloader
+        from offline_cli.runtime import Cancel
+
         cancel = Cancel()
         with self._running_lock:
             if self._stopping.is_set():
@@ -475,7 +483,7 @@ class OfflineEngine:
             self._stopping.set()
             running = list(self._running)
         for cancel in running:
-            cancel.set(Cancel.INTERRUPTED)
+            cancel.set(cancel.INTERRUPTED)
 
     def offline_products(
         self,
@@ -519,6 +527,9 @@ class OfflineEngine:
             for index, product in enumerate(products):
                 done(index, self._offline_one(product, wait))
             return
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
+        from concurrent.futures import wait as wait_for
+
         pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="offline-cli-download")
         futures: dict[Future[ProductResult], int] = {}
         try:
@@ -633,6 +644,8 @@ class OfflineEngine:
         return True
 
     def _deleter(self) -> Deleter:
+        from offline_cli.deletion import Deleter
+
         return Deleter(lambda: self.runtime, self._reopen_store)
 
     def _reopen_store(self) -> Store:

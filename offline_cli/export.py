@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from offline_cli.bundle import INDEX_PLAYLIST
 from offline_cli.errors import ExportFailed, UsageError
-from offline_cli.hls import INDEX_PLAYLIST
 from offline_cli.models import OfflinedEntry, looks_like_url
 
 _HASH_BLOCK = 1 << 20

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from offline_cli.bundle import INDEX_PLAYLIST
 from offline_cli.errors import DownloadError, PermanentError, UsageError
 from offline_cli.models import MAX_URL_CHARS, check_url, shorten
 from offline_cli.redaction import has_controls, redact_url
@@ -36,11 +37,6 @@ FALLBACK_BITS_PER_SECOND = 1_000_000
 AUDIO_BITS_PER_SECOND = 160_000
 KEY_BYTES = 16  # an AES-128 key
 
-# The only file names a stored HLS product has: the tool's own, whatever the playlist says.
-INDEX_PLAYLIST = "index.m3u8"
-PART_NAME_RE = re.compile(
-    r"(?:index|video|audio[0-9]{1,2})\.m3u8|(?:v|a[0-9]{1,2})-[sik][0-9]{1,6}\.[a-z0-9]{1,5}"
-)
 # Extensions a stored segment may keep from its URL (players such as ffmpeg pick a demuxer
 # by them); anything else is stored as .ts (segments) or .mp4 (init sections).
 _SEGMENT_EXTENSIONS = frozenset(
@@ -526,8 +522,3 @@ def _local_master(variant: m3u8.Playlist, audio: list[tuple[Rendition, m3u8.Medi
     attributes.append('AUDIO="audio"')
     lines += ["#EXT-X-STREAM-INF:" + ",".join(attributes), "video.m3u8", ""]
     return "\n".join(lines)
-
-
-def is_part_name(name: str) -> bool:
-    """Whether ``name`` is one the tool gives the files of a stored HLS product."""
-    return PART_NAME_RE.fullmatch(name) is not None

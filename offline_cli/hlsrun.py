@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from offline_cli.bundle import regular_size, sha256_of
+from offline_cli.bundle import INDEX_PLAYLIST, is_part_name, regular_size, sha256_of
 from offline_cli.errors import (
     DiskFull,
     DownloadCancelled,
@@ -22,7 +22,6 @@ from offline_cli.errors import (
     PermanentError,
 )
 from offline_cli.hls import (
-    INDEX_PLAYLIST,
     KEY_BYTES,
     MAX_PLAYLIST_BYTES,
     HlsPlan,
@@ -30,7 +29,6 @@ from offline_cli.hls import (
     PartKind,
     Quality,
     StreamChoice,
-    is_part_name,
     plan,
 )
 from offline_cli.models import OfflinedEntry, StoredPart, shorten

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-
-from filelock import FileLock, Timeout
+from typing import TYPE_CHECKING
 
 from offline_cli.errors import StorageError, StoreUnwritable
 from offline_cli.paths import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, Layout, touch_private
+
+if TYPE_CHECKING:
+    from filelock import FileLock
 
 LOCK_POLL_S = 0.05
 # Longer than any lock probe (is_running_elsewhere holds a lock for microseconds).
@@ -24,6 +26,9 @@ class ProductLocks:
         self._read_only_reason = read_only_reason
 
     def lock(self, product_key: str) -> FileLock:
+        # filelock when a lock is first needed: `state` of a stored product takes none.
+        from filelock import FileLock
+
         self.layout.locks_dir.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
         path = self.layout.lock_path(product_key)
         # Created here (0600, never through a planted link) so filelock only opens our file.
@@ -51,6 +56,8 @@ class ProductLocks:
 
     def owner_alive(self, product_key: str) -> bool | None:
         """Whether a live process holds the product's lock; None when it cannot be told."""
+        from filelock import Timeout
+
         try:
             lock = self.lock(product_key)
             lock.acquire(timeout=0)

@@ -11,20 +11,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from offline_cli.config import Settings
-from offline_cli.credentials import CredentialVault
 from offline_cli.errors import DownloadCancelled, OfflineError
-from offline_cli.listener import OfflineEngineListener
-from offline_cli.locks import ProductLocks
-from offline_cli.ownership import StoreFiles
-from offline_cli.paths import Layout
-from offline_cli.ratelimit import RateLimiter
-from offline_cli.retry import RetryPolicy
-from offline_cli.store import Store
-from offline_cli.telemetry import Telemetry
 
 if TYPE_CHECKING:
+    # Annotations only: the engine builds a Runtime for a download, and `state` (which
+    # imports this module for the watchdog) must not pay for retry's backoff and the rest.
+    from offline_cli.config import Settings
+    from offline_cli.credentials import CredentialVault
+    from offline_cli.listener import OfflineEngineListener
+    from offline_cli.locks import ProductLocks
     from offline_cli.network import NetworkMonitor
+    from offline_cli.ownership import StoreFiles
+    from offline_cli.paths import Layout
+    from offline_cli.ratelimit import RateLimiter
+    from offline_cli.retry import RetryPolicy
+    from offline_cli.store import Store
+    from offline_cli.telemetry import Telemetry
 
 # A test seam (see OfflineEngine's ``fault_hook``): called with the name of a point in a
 # download ("progress", "checkpoint", "license_moved", "files_moved") and what it knows

@@ -10,10 +10,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from offline_cli.bundle import folder_problem
-from offline_cli.credentials import CredentialVault
-from offline_cli.export import StoredProduct, locate
 from offline_cli.locks import ProductLocks
 from offline_cli.models import (
     LICENSE_EXPIRED,
@@ -28,6 +27,10 @@ from offline_cli.models import (
 )
 from offline_cli.paths import Layout
 from offline_cli.store import Store
+
+if TYPE_CHECKING:
+    from offline_cli.credentials import CredentialVault
+    from offline_cli.export import StoredProduct
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,8 @@ class StoreReader:
         """Where a committed product's files are, and why it is not valid (None: valid by
         the cheap check); (None, None) when it is not offlined. Paths that are not the
         store's own are never returned."""
+        from offline_cli.export import locate  # `path` and `state --json`, not `state`
+
         entry = self.store.get_offlined(key)
         if entry is None:
             return None, None

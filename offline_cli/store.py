@@ -16,13 +16,11 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import peewee
-from playhouse.migrate import SqliteMigrator, migrate
 
-from offline_cli.credentials import CredentialVault
 from offline_cli.errors import StorageError, StoreUnwritable
 from offline_cli.models import (
     ALLOWED_TRANSITIONS,
@@ -36,6 +34,9 @@ from offline_cli.models import (
 )
 from offline_cli.paths import Layout
 from offline_cli.redaction import has_controls, scrub_urls
+
+if TYPE_CHECKING:
+    from offline_cli.credentials import CredentialVault
 
 # Version 1 is the first release: download and offlined entries. Version 2 adds resume
 # bookkeeping, cancellation, validation marks, metrics and settings. Version 3 renames URL
@@ -384,6 +385,7 @@ class _Tables:
     """
 
     def __init__(self, db: peewee.SqliteDatabase) -> None:
+        self.db = db
         self.download = _bind(_DownloadRow, db)
         self.offlined = _bind(_OfflinedRow, db)
         self.metric = _bind(_MetricRow, db)
@@ -463,7 +465,7 @@ class Store:
         # Rows read commands skipped because a value could not be read: product -> why.
         self.bad_rows: dict[str, str] = {}
         self._db = self._database(busy_timeout_s, immutable=False)
-        self._t = _Tables(self._db)
+        self._tables: _Tables | None = None
         self._write_lock = threading.RLock()
         with self._errors():
             if read_only_reason is None:
@@ -471,6 +473,16 @@ class Store:
             else:
                 self._open_read_only(busy_timeout_s)
         self.downloads = DownloadStateManager(self)
+
+    @property
+    def _t(self) -> _Tables:
+        """The models bound to this store's database, bound when first used: the reads of
+        `state` are fixed SQL, and binding five models cost it more than its query."""
+        tables = self._tables
+        if tables is None or tables.db is not self._db:
+            # Two threads may both bind: either result is the same schema on the same database.
+            tables = self._tables = _Tables(self._db)
+        return tables
 
     @property
     def read_only(self) -> bool:
@@ -514,7 +526,6 @@ class Store:
         except (peewee.OperationalError, sqlite3.OperationalError):
             self._db.close()
             self._db = self._database(busy_timeout_s, immutable=True)
-            self._t = _Tables(self._db)
             self._db.connect()
             version = self._db.execute_sql("PRAGMA user_version").fetchone()[0]
         if version == 0:
@@ -698,6 +709,8 @@ class Store:
         if version == SCHEMA_VERSION:
             return
         # The vault of this home: the credentials of the URLs the database names.
+        from offline_cli.credentials import CredentialVault
+
         vault = CredentialVault(Layout(self.path.parent).credentials_file)
         renamed: dict[str, str] = {}
         with self._db.atomic():
@@ -843,6 +856,9 @@ class Store:
                     )
 
     def _migrate_1_to_2(self) -> None:
+        # playhouse.migrate (and the drivers it probes for) only when an old store is upgraded
+        from playhouse.migrate import SqliteMigrator, migrate
+
         migrator = SqliteMigrator(self._db)
         migrate(
             migrator.add_column("download_entries", "bytes_done", self._t.download.bytes_done),
@@ -865,6 +881,8 @@ class Store:
         self._db.create_tables([self._t.metric, self._t.setting])
 
     def _migrate_3_to_4(self) -> None:
+        from playhouse.migrate import SqliteMigrator, migrate
+
         migrator = SqliteMigrator(self._db)
         wanted = [
             ("download_entries", "stream", self._t.download.stream),
