@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import re
 import shutil
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from offline_cli.bundle import INDEX_PLAYLIST
+from offline_cli.bundle import INDEX_PLAYLIST, sha256_of
 from offline_cli.errors import ExportFailed, UsageError
 from offline_cli.models import OfflinedEntry, looks_like_url
 
@@ -68,14 +67,6 @@ def export_name(entry: OfflinedEntry, source_url: str | None) -> str:
             candidate = entry.product_type.value + "-" + urlsplit(entry.product_id).path
     safe = _UNSAFE.sub("_", candidate).strip("._") or "product"
     return safe[:_NAME_CHARS]
-
-
-def _sha256(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as stream:
-        while block := stream.read(_HASH_BLOCK):
-            hasher.update(block)
-    return hasher.hexdigest()
 
 
 def _clone_or_copy(source: Path, target: Path) -> str:
@@ -146,7 +137,7 @@ def export(stored: StoredProduct, dest: Path, *, force: bool) -> tuple[Path, str
             source = (stored.folder / name) if stored.folder is not None else stored.media
             copy = work / name
             methods.add(_clone_or_copy(source, copy))
-            if copy.stat().st_size != size or _sha256(copy) != digest:
+            if copy.stat().st_size != size or sha256_of(copy) != digest:
                 raise ExportFailed(
                     f"the copy of {name} does not match the SHA-256 recorded at download; "
                     "nothing was written",

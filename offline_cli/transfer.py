@@ -771,6 +771,13 @@ class Transfer:
                 raise
         return self._write_body(response, 0, end=total, total=total, replace=True)
 
+    def _start_over(self, response: httpx.Response) -> TransferResult | None:
+        """Drop this answer and the bytes on disk, and ask for the whole file again."""
+        self.stats.restarts += 1
+        response.close()
+        self.reset()
+        return self._request(0)
+
     def _handle_window(self, response: httpx.Response, offset: int) -> TransferResult | None:
         """The answer to a byte-range part: only a 206 of the asked range is written."""
         assert self.window is not None
@@ -786,10 +793,7 @@ class Transfer:
         raise_for_status(response, self.url, self.product)
         if status == 200 and offset:
             # If-Range did not match: the file changed since the part's first bytes.
-            self.stats.restarts += 1
-            response.close()
-            self.reset()
-            return self._request(0)
+            return self._start_over(response)
         if status != 206:
             response.close()
             raise self._error(
@@ -820,10 +824,7 @@ class Transfer:
         if body_length is not None and body_length != content_range.end - content_range.start + 1:
             self._refuse_range(response, "whose Content-Length disagrees with its Content-Range")
         if offset and not self._same_validator(response) and self.checkpoint.if_range():
-            self.stats.restarts += 1
-            response.close()
-            self.reset()
-            return self._request(0)
+            return self._start_over(response)
         return self._write_body(
             response,
             offset,
@@ -889,10 +890,7 @@ class Transfer:
         if offset and self._changed_since_checkpoint(response, content_range):
             # The file changed under us (or the server cannot tell versions apart): start
             # over cleanly rather than append bytes of another version.
-            self.stats.restarts += 1
-            response.close()
-            self.reset()
-            return self._request(0)
+            return self._start_over(response)
         return self._write_body(
             response,
             offset,
@@ -941,10 +939,7 @@ class Transfer:
             self.checkpoint.total = offset
             self.on_checkpoint(self.checkpoint)
             return self._result(self._hash_existing(offset), offset)
-        self.stats.restarts += 1
-        response.close()
-        self.reset()
-        return self._request(0)
+        return self._start_over(response)
 
     def _content_length(self, response: httpx.Response) -> int | None:
         """The body's length, None when not given; a length no file can have is refused."""
