@@ -29,6 +29,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -360,6 +361,219 @@ def download_once(tool: Tool, url: str, out: Path, size: int) -> Run:
     if got != size:
         raise BenchError(f"{tool.name} wrote {got} bytes, expected {size}")
     return result
+
+
+# -- issue 10: one large file against curl made durable ----------------------------------------
+
+RSS_TARGET_MIB = 64
+
+
+def large_tools(tmp: Path, config: Path, report: Report) -> list[Tool]:
+    """curl, curl + sync -d (the durability offline-cli gives), aria2c on one connection,
+    offline-cli, and offline-cli with its progress writes off (enhanced_download_management
+    false: no progress rows, no metric rows, no light maintenance; for one large file the
+    last two are a few rows)."""
+    tools: list[Tool] = []
+    if shutil.which("curl"):
+        tools.append(Tool("curl", lambda url, out: ["curl", "-s", "-o", str(out), url]))
+        if shutil.which("sync"):
+            tools.append(
+                Tool(
+                    "curl+sync",
+                    lambda url, out: [
+                        "sh",
+                        "-c",
+                        'curl -s -o "$1" "$2" && sync -d "$1"',
+                        "sh",
+                        str(out),
+                        url,
+                    ],
+                )
+            )
+    else:
+        report.note("curl not installed: the large-file targets have no reference")
+    if shutil.which("aria2c"):
+        tools.append(
+            Tool(
+                "aria2c",
+                lambda url, out: [
+                    "aria2c",
+                    "-q",
+                    "--max-connection-per-server=1",
+                    "--split=1",
+                    "--allow-overwrite=true",
+                    "--auto-file-renaming=false",
+                    "--file-allocation=none",
+                    "-d",
+                    str(out.parent),
+                    "-o",
+                    out.name,
+                    url,
+                ],
+            )
+        )
+    home = tmp / "home-large"
+    tools.append(
+        Tool(
+            "offline-cli",
+            lambda url, out: [*OFFLINE_CLI, "-q", "offline", url],
+            env=cli_env(home, config),
+            home=home,
+        )
+    )
+    quiet_home = tmp / "home-large-noprogress"
+    env = cli_env(quiet_home, config)
+    env["OFFLINE_CLI_ENHANCED_DOWNLOAD_MANAGEMENT"] = "false"
+    tools.append(
+        Tool(
+            "offline-cli (no progress writes)",
+            lambda url, out: [*OFFLINE_CLI, "-q", "offline", url],
+            env=env,
+            home=quiet_home,
+        )
+    )
+    return tools
+
+
+def bench_large(args: argparse.Namespace, tmp: Path, config: Path, report: Report) -> None:
+    """One large file (args.size_mb and args.large_mb): offline-cli against curl, curl made as
+    durable (sync -d) and aria2c, runs interleaved, min and median; the targets of issue 10."""
+    serve = tmp / "serve-large"
+    serve.mkdir()
+    sizes = sorted({args.size_mb * MB, args.large_mb * MB})
+    for size in sizes:
+        progress(f"large: generating {size // MB} MB")
+        write_random_file(serve / f"f{size}.bin", size)
+    tools = large_tools(tmp, config, report)
+    out_dir = tmp / "out-large"
+    out_dir.mkdir()
+    results: dict[str, Any] = {}
+    with SendfileServer(serve) as server:
+        for size in sizes:
+            url = server.url(f"f{size}.bin")
+            for tool in tools:  # warm-up: page cache, binaries, bytecode
+                download_once(tool, url, out_dir / "download.bin", size)
+            walls: dict[str, list[float]] = {t.name: [] for t in tools}
+            rss: dict[str, list[int]] = {t.name: [] for t in tools}
+            for rep in range(args.repeat):
+                progress(f"large: round {rep + 1}/{args.repeat} ({size // MB} MB)")
+                # Interleaved, each round in another order: fsync timings here swing by 4x
+                # from run to run, and drift must hit every tool alike.
+                order = tools[rep % len(tools) :] + tools[: rep % len(tools)]
+                for tool in order:
+                    subprocess.run(["sync"], check=False)  # no earlier run's dirty pages
+                    r = download_once(tool, url, out_dir / "download.bin", size)
+                    walls[tool.name].append(r.wall_s)
+                    rss[tool.name].append(r.maxrss_kb)
+            results[str(size // MB)] = _large_verdicts(size, tools, walls, rss, report)
+    report.data["large"] = results
+
+
+def _large_verdicts(
+    size: int,
+    tools: list[Tool],
+    walls: dict[str, list[float]],
+    rss: dict[str, list[int]],
+    report: Report,
+) -> dict[str, Any]:
+    med = {name: median(w) for name, w in walls.items()}
+    best = {name: min(w) for name, w in walls.items()}
+    entry: dict[str, Any] = {
+        name: {
+            "wall_s_median": round(med[name], 3),
+            "wall_s_min": round(best[name], 3),
+            "wall_s_all": [round(w, 3) for w in walls[name]],
+            "maxrss_mb_max": round(max(rss[name]) / 1024, 1),
+        }
+        for name in med
+    }
+    rows = [
+        [
+            name,
+            f"{med[name]:.3f}",
+            f"{best[name]:.3f}",
+            f"{size / MB / med[name]:.0f}",
+            f"{max(rss[name]) / 1024:.1f}",
+        ]
+        for name in med
+    ]
+    report.add_table(
+        table(
+            f"One {size // MB} MB file over loopback ({len(walls['offline-cli'])} interleaved "
+            "rounds, sync before each run)",
+            ["tool", "median s", "min s", "MB/s", "max RSS MiB"],
+            rows,
+        )
+    )
+    cli = "offline-cli"
+    targets: list[tuple[str, float | None, float | None, float]] = []
+    if "curl+sync" in med:
+        targets.append(
+            (
+                "time / (curl && sync -d)",
+                ratio(med[cli], med["curl+sync"]),
+                ratio(best[cli], best["curl+sync"]),
+                1.0,
+            )
+        )
+    if "curl" in med:
+        targets.append(
+            (
+                "time / plain curl (moonshot)",
+                ratio(med[cli], med["curl"]),
+                ratio(best[cli], best["curl"]),
+                1.5,
+            )
+        )
+    if "aria2c" in med:
+        targets.append(
+            (
+                "time / aria2c (one connection)",
+                ratio(med[cli], med["aria2c"]),
+                ratio(best[cli], best["aria2c"]),
+                math.inf,
+            )
+        )
+    quiet = "offline-cli (no progress writes)"
+    cost = ratio(med[cli] - med[quiet], med[cli])
+    cost_best = ratio(best[cli] - best[quiet], best[cli])
+    lines = []
+    verdicts: dict[str, Any] = {}
+    for name, by_median, by_min, limit in targets:
+        passed = by_median is not None and by_median <= limit
+        shown = (
+            "" if limit == math.inf else f" (target <= {limit:g}: {'PASS' if passed else 'FAIL'})"
+        )
+        lines.append(f"{name}: median {fmt_ratio(by_median)}, min {fmt_ratio(by_min)}{shown}")
+        verdicts[name] = {
+            "median": _round(by_median),
+            "min": _round(by_min),
+            "target": None if limit == math.inf else limit,
+            "pass": None if limit == math.inf else passed,
+        }
+    cost_pass = cost is not None and cost <= 0.02
+    lines.append(
+        f"progress persistence: {100 * (cost or 0):+.1f} % of the time by median, "
+        f"{100 * (cost_best or 0):+.1f} % by min (target <= 2 %: {'PASS' if cost_pass else 'FAIL'})"
+    )
+    verdicts["progress_persistence"] = {
+        "median": _round(cost),
+        "min": _round(cost_best),
+        "target": 0.02,
+        "pass": cost_pass,
+    }
+    peak = max(max(rss[cli]), max(rss[quiet])) / 1024
+    rss_pass = peak <= RSS_TARGET_MIB
+    lines.append(
+        f"peak RSS of offline-cli: {peak:.1f} MiB (target <= {RSS_TARGET_MIB} MiB: "
+        f"{'PASS' if rss_pass else 'FAIL'})"
+    )
+    verdicts["peak_rss_mib"] = {"value": round(peak, 1), "target": RSS_TARGET_MIB, "pass": rss_pass}
+    text = "\n".join(f"  {line}" for line in lines)
+    print(text, flush=True)
+    report.tables.append(text)
+    entry["targets"] = verdicts
+    return entry
 
 
 def bench_downloads(args: argparse.Namespace, tmp: Path, config: Path, report: Report) -> None:
@@ -1299,12 +1513,15 @@ def bench_throttled(args: argparse.Namespace, tmp: Path, config: Path, report: R
 # -- main ---------------------------------------------------------------------------------------
 
 
-SECTIONS = ["downloads", "latency", "startup", "resume", "many", "throttled"]
+SECTIONS = ["downloads", "large", "latency", "startup", "resume", "many", "throttled"]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--size-mb", type=int, default=200, help="large file size (default 200)")
+    p.add_argument(
+        "--large-mb", type=int, default=1024, help="the largest file of `large` (default 1024)"
+    )
     p.add_argument("--repeat", type=int, default=3, help="timed downloads per tool (default 3)")
     p.add_argument("--runs", type=int, default=15, help="runs per latency command (default 15)")
     p.add_argument("--products", type=int, default=1000, help="products in the big store (1000)")
@@ -1422,6 +1639,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bench_startup(args, tmp, config, report)
             if "downloads" in sections:
                 memory_table(report)
+            if "large" in sections:
+                bench_large(args, tmp, config, report)
             if "resume" in sections:
                 bench_resume(args, tmp, config, report)
             if "many" in sections:

@@ -318,14 +318,48 @@ PROGRESS_EVERY_BYTES = 1024 * 1024
 PROGRESS_EVERY_S = 0.05
 
 
-class _Sink:
-    """Where a body's bytes go: written and hashed in order.
+class _Stage:
+    """A worker thread doing ``work`` on each chunk handed to it, in order, at most
+    SINK_QUEUE_CHUNKS behind; an error it meets is raised by the next put() or by close()."""
 
-    For a large body on a worker thread, so that receiving the next chunk overlaps with
-    writing and hashing this one (both release the GIL); and the kernel's writeback of what
-    was written is started every WRITEBACK_EVERY_BYTES (posix_fadvise DONTNEED starts it
-    without waiting), so the final fsync finds little left to write instead of the whole
-    file. An error of the worker (a full disk) is raised by the next write or by close().
+    def __init__(self, work: Callable[[bytes], object], name: str) -> None:
+        self._work = work
+        self.error: BaseException | None = None
+        # SimpleQueue (in C) and a semaphore for the bound: a fraction of the lock traffic
+        # of queue.Queue, which showed as most of the hand-over cost.
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._room = threading.BoundedSemaphore(SINK_QUEUE_CHUNKS)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, chunk: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self._room.acquire()
+        self._queue.put(chunk)
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self._work(chunk)
+                except BaseException as exc:  # handed to the receiving thread
+                    self.error = exc
+            self._room.release()
+
+    def close(self) -> None:
+        self._queue.put(None)  # past the bound: the end mark never waits for room
+        self._thread.join()
+
+
+class _Sink:
+    """Where a body's bytes go: written and hashed, in order.
+
+    For a large body, writing and hashing each run on a thread of their own, so that
+    receiving the next chunk, writing this one and hashing it overlap (the three release
+    the GIL in their system calls and in OpenSSL); and the kernel's writeback of what was
+    written is started every WRITEBACK_EVERY_BYTES (posix_fadvise DONTNEED starts it without
+    waiting), so the final fsync finds little left to write instead of the whole file.
     """
 
     def __init__(self, out: Any, hasher: hashlib._Hash, start: int, *, threaded: bool) -> None:
@@ -334,31 +368,23 @@ class _Sink:
         self._fd: int = out.fileno()
         self._written = start
         self._writeback_from = start
-        self._error: BaseException | None = None
-        # SimpleQueue (in C) and a semaphore for the bound: a fraction of the lock traffic
-        # of queue.Queue, which showed as most of the hand-over cost.
-        self._queue: queue.SimpleQueue[bytes | None] | None = None
-        self._room = threading.BoundedSemaphore(SINK_QUEUE_CHUNKS)
-        self._thread: threading.Thread | None = None
+        self._stages: list[_Stage] = []
         if threaded:
-            self._queue = queue.SimpleQueue()
-            self._thread = threading.Thread(
-                target=self._drain, name="offline-cli-sink", daemon=True
-            )
-            self._thread.start()
+            self._stages = [
+                _Stage(self._write, "offline-cli-write"),
+                _Stage(hasher.update, "offline-cli-hash"),
+            ]
 
     def write(self, chunk: bytes) -> None:
-        if self._queue is None:
+        if not self._stages:
             self._write(chunk)
+            self._hasher.update(chunk)
             return
-        if self._error is not None:
-            raise self._error
-        self._room.acquire()
-        self._queue.put(chunk)
+        for stage in self._stages:
+            stage.put(chunk)
 
     def _write(self, chunk: bytes) -> None:
         self._out.write(chunk)
-        self._hasher.update(chunk)
         self._written += len(chunk)
         if self._written - self._writeback_from >= WRITEBACK_EVERY_BYTES:
             self._out.flush()
@@ -371,25 +397,16 @@ class _Sink:
                 )
             self._writeback_from = self._written
 
-    def _drain(self) -> None:
-        assert self._queue is not None
-        while (chunk := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    self._write(chunk)
-                except BaseException as exc:  # handed to the receiving thread
-                    self._error = exc
-            self._room.release()
-
     def close(self, *, raise_error: bool = True) -> None:
-        """Wait until every chunk handed over is written (also on the way out of a failed
-        or cancelled read: those bytes arrived whole and in order, and resume from them)."""
-        if self._queue is not None and self._thread is not None:
-            self._queue.put(None)  # past the bound: the end mark never waits for room
-            self._thread.join()
-            self._queue = None
-        if raise_error and self._error is not None:
-            raise self._error
+        """Wait until every chunk handed over is written and hashed (also on the way out of
+        a failed or cancelled read: those bytes arrived whole and in order, and resume
+        from them); then raise what a stage met (a full disk), when asked to."""
+        stages, self._stages = self._stages, []
+        for stage in stages:
+            stage.close()
+        errors = [stage.error for stage in stages if stage.error is not None]
+        if raise_error and errors:
+            raise errors[0]
 
 
 class Transfer:

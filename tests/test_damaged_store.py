@@ -23,7 +23,7 @@ from filelock import FileLock
 
 from offline_cli import MediaProduct, OfflineEngine, ProductType
 from offline_cli.config import Settings
-from offline_cli.errors import StorageError, StoreUnwritable
+from offline_cli.errors import DownloadError, StorageError, StoreUnwritable
 from offline_cli.models import DownloadState
 from offline_cli.store import Store
 from tests.netsim import Fault, NetSim, Resource, wait_for
@@ -515,3 +515,24 @@ def test_resume_on_a_damaged_database_exits_4(cli, make_engine, sim, home) -> No
 def test_resume_with_nothing_to_do_still_exits_0(cli, home) -> None:
     result = cli("resume")
     assert result.exit_code == 0 and "nothing to resume" in result.stderr
+
+
+def test_a_large_body_that_meets_a_full_disk_fails_cleanly_and_resumes(
+    sim, disk: Path, disk_home: Path
+) -> None:
+    """A body large enough to be written on the sink's worker thread (more than
+    THREADED_SINK_MIN_BYTES) meets ENOSPC half-way (the free-space check was told there is
+    room): the worker's error reaches the download as "disk full" (a permanent failure:
+    its partial data is removed at once) and nothing is committed."""
+    body = os.urandom(24 << 20)  # more than the 16 MB disk holds
+    sim.add("/big", Resource(body))
+    product = MediaProduct.from_url(sim.url("/big"))
+    engine = OfflineEngine(disk_home, settings=Settings(retries=0), disk_free=lambda p: 1 << 40)
+    try:
+        with pytest.raises(DownloadError, match="disk full after"):
+            engine.offline(product)
+        assert engine.get_offline_state(product).value == "NOT_OFFLINED"
+    finally:
+        engine.close()
+    assert not list((disk_home / "store").rglob("*.media"))
+    assert not list((disk_home / "partial").iterdir())
