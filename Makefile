@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint unit soak bench completions run clean
+.PHONY: install test lint unit soak bench bench-smoke completions run clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ soak:  ## the long chaos soak (200 randomized trials)
 
 bench:  ## speed and memory against curl, wget, aria2c and a Python baseline (BENCH_CASES=many,throttled: some)
 	$(BIN)/python bench/run.py
+
+bench-smoke:  ## every bench section at a tiny size, once: shows it still works (CI runs it)
+	$(BIN)/python bench/run.py --smoke --out bench/results/smoke.json
 
 completions:  ## regenerate the shell completion scripts
 	for sh in bash zsh fish; do \

@@ -1516,6 +1516,25 @@ def bench_throttled(args: argparse.Namespace, tmp: Path, config: Path, report: R
 SECTIONS = ["downloads", "large", "latency", "startup", "resume", "many", "throttled"]
 
 
+# --smoke: every section at sizes that take seconds (CI runs it to show the bench works).
+SMOKE: dict[str, Any] = {
+    "size_mb": 2,
+    "large_mb": 4,
+    "repeat": 1,
+    "runs": 2,
+    "products": 20,
+    "startup_runs": 2,
+    "resume_mb": 1,
+    "resume_rate_mb": 2,
+    "many_files": 20,
+    "many_kib": 4,
+    "throttle_files": 2,
+    "throttle_kb": 100,
+    "throttle_rate_kb": 200,
+    "throttle_repeat": 1,
+}
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--size-mb", type=int, default=200, help="large file size (default 200)")
@@ -1553,7 +1572,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="JSON results (default bench/results/latest.json)",
     )
     p.add_argument("--tmp", type=Path, default=None, help="where the temporary folder goes")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every section at a tiny size, once (CI: shows the bench still works; its\n"
+        "figures mean nothing)",
+    )
     args = p.parse_args(argv)
+    if args.smoke:
+        for name, value in SMOKE.items():
+            setattr(args, name, value)
     counts = (args.size_mb, args.repeat, args.runs, args.products, args.jobs, args.many_files)
     counts += (args.startup_runs,)
     counts += (args.many_kib, args.throttle_files, args.throttle_repeat)
