@@ -145,8 +145,13 @@ def make_client(
     ``credentials`` go only to the origin a request names in its extensions
     (``trusted_extensions``), on each hop of a redirect (auth.py).
     """
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=max(1, connections))
+    if transport is None:
+        # Not mounts: a mount would replace the proxy mounts httpx makes from the
+        # environment. The default transport is used only where no proxy applies.
+        transport = _SchemeTransport(limits)
     client = httpx.Client(
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=max(1, connections)),
+        limits=limits,
         timeout=httpx.Timeout(
             connect=connect_timeout_s, read=stall_timeout_s, write=stall_timeout_s, pool=None
         ),
@@ -180,6 +185,32 @@ def trusted_extensions(trusted_origin: str | None) -> dict[str, Any]:
     """The request extensions that let the credentials go to ``trusted_origin`` (None: to
     no origin at all)."""
     return {ORIGIN_EXTENSION: trusted_origin} if trusted_origin is not None else {}
+
+
+class _SchemeTransport(httpx.BaseTransport):
+    """Plain http:// needs no TLS context; the verifying https:// transport (and the
+    ~70 ms of loading the CA bundle into it) is built on the first https request."""
+
+    def __init__(self, limits: httpx.Limits) -> None:
+        self._limits = limits
+        self._plain = httpx.HTTPTransport(limits=limits, verify=False)
+        self._tls: httpx.HTTPTransport | None = None
+        self._lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.scheme == "http":
+            return self._plain.handle_request(request)
+        with self._lock:
+            if self._tls is None:
+                self._tls = httpx.HTTPTransport(limits=self._limits)
+            tls = self._tls
+        return tls.handle_request(request)
+
+    def close(self) -> None:
+        self._plain.close()
+        with self._lock:
+            if self._tls is not None:
+                self._tls.close()
 
 
 def host_of(url: str) -> str:
