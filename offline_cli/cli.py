@@ -59,7 +59,7 @@ from offline_cli.models import (
     parse_product_name,
 )
 from offline_cli.paths import HOME_ENV, PRIVATE_FILE_MODE, default_home
-from offline_cli.redaction import escape_controls
+from offline_cli.redaction import escape_controls, has_controls
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -164,7 +164,13 @@ def _say(message: str) -> None:
 
 def _data(line: str) -> None:
     # Tabs separate fields and newlines end JSON lines; other controls in a name are escaped.
-    sys.stdout.write(escape_controls(line, keep="\t\n") + "\n")
+    if has_controls(line.replace("\t", "").replace("\n", "")):
+        line = escape_controls(line, keep="\t\n")
+    sys.stdout.write(line + "\n")
+
+
+# Lines of a long listing written (and escaped) at once.
+_BLOCK_LINES = 4096
 
 
 def _error_line(exc: OfflineError) -> str:
@@ -874,11 +880,17 @@ def state(
         engine = _engine()
         reader = engine.reader()
         rows = []
-        for status in engine.product_statuses(wanted, with_downloads=json_out):
-            if not json_out:
-                line = status.state.value
-                _data(line if wanted is not None else f"{status.key}\t{line}")
-                continue
+        statuses = engine.product_statuses(wanted, with_downloads=json_out)
+        if not json_out:
+            # Written in blocks: one line per product, and a store may hold 100,000.
+            for start in range(0, len(statuses), _BLOCK_LINES):
+                block = statuses[start : start + _BLOCK_LINES]
+                if wanted is not None:
+                    _data("\n".join(s.state.value for s in block))
+                else:
+                    _data("\n".join(f"{s.key}\t{s.state.value}" for s in block))
+            return
+        for status in statuses:
             row: dict[str, Any] = {"product": status.key, "state": status.state.value}
             if status.state is not OfflineState.NOT_OFFLINED:
                 stored, _ = reader.stored_product(status.key)
