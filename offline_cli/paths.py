@@ -244,17 +244,18 @@ class Layout:
             folder, sep, name = raw[len(store) :].partition(os.sep)
             if sep and _plain(folder) and _plain(name):
                 return raw
-        elif (
-            raw.startswith(partial)
-            and self.home.name != self.store_dir.name
-            and _plain(raw[len(partial) :])
-        ):
+        elif raw.startswith(partial) and _plain(raw[len(partial) :]) and not self._home_is_store:
             return raw
         parts = Path(raw).parts
         for anchor, depth in ((self.store_dir.name, 3), (self.partial_dir.name, 2)):
             if len(parts) > depth and parts[-depth] == anchor and ".." not in parts[-depth:]:
                 return str(self.home.joinpath(*parts[-depth:]))
         return raw
+
+    @cached_property
+    def _home_is_store(self) -> bool:
+        """A home named like the store folder: rehome reads its partial files otherwise."""
+        return self.home.name == self.store_dir.name
 
     @cached_property
     def _prefixes(self) -> tuple[str, str]:

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote
@@ -191,6 +191,20 @@ class MetricEvent:
     error_kind: str | None
     attempts: int | None
     detail: str | None
+
+
+@dataclass
+class EventSummary:
+    """Metric events summed by kind of event (see Store.event_summary)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    bytes: dict[str, int] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)
+    with_attempts: dict[str, int] = field(default_factory=dict)  # events whose attempts != 0
+    retried_products: int = 0  # distinct products named by retry events
+    durations: float = 0.0  # of the succeeded downloads
+    failures_by_kind: dict[str, int] = field(default_factory=dict)
+    per_day: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def _sqlite_error_name(exc: BaseException) -> str:
@@ -516,7 +530,9 @@ _OFFLINED_CANONICAL = _canonical(
 # The unusual rows (not canonical: damaged, or an HLS product's) are indexed apart, so bulk
 # reads take the others as they are and find these at once; the index's name carries a digest
 # of its condition, so a release that changes the condition makes a new one (the old goes).
+_METRIC_CANONICAL = _canonical(_MetricRow, {})
 _OFFLINED_UNUSUAL = f"NOT coalesce(({_OFFLINED_CANONICAL}), 0)"
+_METRIC_UNUSUAL = f"NOT coalesce(({_METRIC_CANONICAL}), 0)"
 _DOWNLOAD_UNUSUAL = f"NOT coalesce(({_DOWNLOAD_CANONICAL}), 0)"
 _UNUSUAL_PREFIX = "unusual_"
 
@@ -540,6 +556,7 @@ _INDEXES = dict(
         ),
         _unusual_index("offlined_entries", "completed_at", _OFFLINED_UNUSUAL),
         _unusual_index("download_entries", "created_at", _DOWNLOAD_UNUSUAL),
+        _unusual_index("metric_events", "at", _METRIC_UNUSUAL),
     ]
 )
 
@@ -1492,6 +1509,81 @@ class Store:
                 + ", ".join(f"({', '.join('?' * len(columns))})" for _ in events),
                 tuple(e.get(c) for e in events for c in columns),
             )
+
+    def event_summary(self, since: float | None) -> EventSummary | None:
+        """What `health` reports of the metric events since ``since``, summed by SQLite;
+        None when some event in the window is not in the form this release writes (the
+        caller then reads them one by one, as events_since gives them)."""
+        window, params = ("AND at >= ?", (since,)) if since is not None else ("", ())
+        with self._errors():
+            if self._db.execute_sql(
+                f"SELECT 1 FROM metric_events WHERE {_METRIC_UNUSUAL} {window} LIMIT 1", params
+            ).fetchone():
+                return None
+            summary = EventSummary()
+            totals = self._db.execute_sql(
+                "SELECT event, count(*), coalesce(sum(bytes), 0), coalesce(sum(attempts), 0), "
+                "count(CASE WHEN attempts != 0 THEN 1 END) "
+                f"FROM metric_events WHERE 1 {window} GROUP BY event",
+                params,
+            ).fetchall()
+            for event, count, total_bytes, attempts, with_attempts in totals:
+                summary.counts[event] = count
+                summary.bytes[event] = total_bytes
+                summary.attempts[event] = attempts
+                summary.with_attempts[event] = with_attempts
+            (summary.retried_products,) = self._db.execute_sql(
+                "SELECT count(DISTINCT product_key) FROM metric_events "
+                f"WHERE event = 'retry' AND product_key != '' {window}",
+                params,
+            ).fetchone()
+            # Summed here in time order, as a reader of the events one by one would.
+            for (duration,) in self._db.execute_sql(
+                "SELECT duration_s FROM metric_events WHERE event = 'download_succeeded' "
+                f"{window} ORDER BY at",
+                params,
+            ).fetchall():
+                summary.durations += duration or 0.0
+            # In the order each first appears (as a reader of the events in time order).
+            summary.failures_by_kind = dict(
+                self._db.execute_sql(
+                    "SELECT coalesce(nullif(error_kind, ''), 'unknown') AS kind, count(*) "
+                    f"FROM metric_events WHERE event = 'download_failed' {window} "
+                    "GROUP BY kind ORDER BY min(at), kind",
+                    params,
+                ).fetchall()
+            )
+            for day, ok, ok_at, bad, bad_at in self._db.execute_sql(
+                "SELECT strftime('%Y-%m-%d', at, 'unixepoch') AS day, "
+                "count(CASE WHEN event = 'download_succeeded' THEN 1 END), "
+                "min(CASE WHEN event = 'download_succeeded' THEN at END), "
+                "count(CASE WHEN event = 'download_failed' THEN 1 END), "
+                "min(CASE WHEN event = 'download_failed' THEN at END) "
+                "FROM metric_events WHERE event IN ('download_succeeded', 'download_failed') "
+                f"{window} GROUP BY day ORDER BY day",
+                params,
+            ).fetchall():
+                counts = [("succeeded", ok, ok_at), ("failed", bad, bad_at)]
+                counts.sort(key=lambda c: (c[2] is None, c[2] or 0.0))
+                summary.per_day[day] = {name: n for name, n, _ in counts if n}
+        return summary
+
+    def count_downloads(self, states: Iterable[DownloadState]) -> int:
+        """How many download rows in ``states`` can be read (list_downloads' length)."""
+        values = [s.value for s in states]
+        marks = ", ".join("?" * len(values))
+        with self._errors():
+            (count,) = self._db.execute_sql(
+                f"SELECT count(*) FROM download_entries WHERE state IN ({marks})", tuple(values)
+            ).fetchone()
+            (unusual,) = self._db.execute_sql(
+                f"SELECT count(*) FROM download_entries WHERE {_DOWNLOAD_UNUSUAL} "
+                f"AND state IN ({marks})",
+                tuple(values),
+            ).fetchone()
+        if not unusual:
+            return int(count)
+        return len(self.list_downloads([DownloadState(v) for v in values]))
 
     def events_since(self, since: float | None) -> list[MetricEvent]:
         query = self._t.metric.select().order_by(self._t.metric.at)
