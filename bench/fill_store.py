@@ -20,7 +20,8 @@ The mix, of N products (deterministic: product i's fate is i modulo 1000):
 Metric events: download_started and download_succeeded/failed for each, retry events for
 the failed ones, network_pause for the paused ones (about 2.1 events per product). Times are
 spread over the last 30 days (the retention is 7), so cleanup finds old failed, paused and
-cancelled entries; 50 orphan files (10 days old) lie in store/ and partial/.
+cancelled entries; 50 orphan files (10 days old) lie in store/ and partial/; every product has
+its lock file in locks/.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ def fill(home: Path, n: int) -> dict[str, int]:
         started = at - 5
         url = key if ptype == "file" else f"https://cdn.example.com/{ptype}/{pid}.mp4"
         events.append((started, "download_started", key, None, None, None, None, None))
+        # Every product that was downloaded has its lock file (made by its first download).
+        os.close(os.open(layout.lock_path(key), os.O_WRONLY | os.O_CREAT, 0o600))
         if what in ("offlined", "invalid"):
             folder = layout.product_dir(key)
             folder.mkdir(mode=0o700)
