@@ -13,7 +13,7 @@ from pathlib import Path
 
 from offline_cli.bundle import folder_problem
 from offline_cli.credentials import CredentialVault
-from offline_cli.export import StoredProduct, locate
+from offline_cli.export import StoredProduct, locate, media_name
 from offline_cli.locks import ProductLocks
 from offline_cli.models import (
     LICENSE_EXPIRED,
@@ -199,6 +199,21 @@ class StoreReader:
             else None
         )
         return locate(entry, media, license_path), self.quick_valid(entry)
+
+    def stored_files(self) -> dict[str, tuple[OfflinedEntry, str, str | None]]:
+        """Of every offlined product whose paths are the store's own: its entry, media (as
+        StoredProduct.media names it) and license, in one read (`state --json` lists them
+        all); the validity is not looked at."""
+        own = self.layout.stored_file
+        found: dict[str, tuple[OfflinedEntry, str, str | None]] = {}
+        for entry in self.store.list_offlined():
+            key = entry.product_key
+            media = own(entry.media_path, key)
+            if media is None:
+                continue
+            license_path = own(entry.license_path, key) if entry.license_path else None
+            found[key] = (entry, media_name(entry, media), license_path)
+        return found
 
     def product_for_key(self, key: str) -> MediaProduct:
         """The product a stored key names, with the URLs the store remembers."""

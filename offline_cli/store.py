@@ -54,6 +54,9 @@ NEARLY_FULL_BYTES = 1024 * 1024
 DATABASE_SEEN_KEY = "database_first_seen_at"
 _Entry = TypeVar("_Entry", DownloadEntry, OfflinedEntry)
 _HUGE = float("inf")
+_PRODUCT_TYPES = {t.value: t for t in ProductType}
+_STATES = {t.value: t for t in DownloadState}
+_KINDS = {t.value: t for t in ErrorKind}
 
 
 class _Base(peewee.Model):
@@ -1138,16 +1141,65 @@ class Store:
     def latest_download_by_key(self) -> dict[str, DownloadEntry]:
         """Each product's latest download entry, in one query."""
         with self._errors():
-            rows = list(
-                self._t.download.select().order_by(self._t.download.created_at, peewee.SQL("rowid"))
-            )
-        latest = {row.product_key: row for row in rows}
-        return {e.product_key: e for e in self._downloads(latest.values())}
+            rows = self._db.execute_sql(f"{_SELECT_DOWNLOAD} ORDER BY created_at, rowid").fetchall()
+            unusual = self._unusual("id", "download_entries", _DOWNLOAD_UNUSUAL)
+        latest = {row[1]: row for row in rows}
+        return {e.product_key: e for e in self._download_rows(latest.values(), unusual)}
 
     def list_offlined(self) -> list[OfflinedEntry]:
         with self._errors():
-            rows = list(self._t.offlined.select().order_by(self._t.offlined.completed_at))
-        return self._offlined(rows)
+            rows = self._db.execute_sql(f"{_SELECT_OFFLINED} ORDER BY completed_at").fetchall()
+            unusual = self._unusual("product_key", "offlined_entries", _OFFLINED_UNUSUAL)
+        return self._offlined_rows(rows, unusual)
+
+    def _unusual(self, column: str, table: str, condition: str) -> set[Any]:
+        """The ``column`` of the rows not in the form this release writes (by their index)."""
+        sql = f"SELECT {column} FROM {table} WHERE {condition}"
+        return {value for (value,) in self._db.execute_sql(sql).fetchall()}
+
+    def _offlined_rows(
+        self, rows: Iterable[tuple[Any, ...]], unusual: set[Any]
+    ) -> list[OfflinedEntry]:
+        """The entries of raw rows (in _OFFLINED_COLUMNS): a usual row's values are taken
+        as they are (they cannot fail a check), an unusual one is read and checked in full."""
+        layout = self._layout
+        at_home, rehome = layout.is_store_path, layout.rehome
+        entries: list[OfflinedEntry] = []
+        for r in rows:
+            if r[0] in unusual:
+                entries += self._offlined([_Row(_OFFLINED_COLUMNS, tuple(r))])
+                continue
+            media, lic = r[3], r[4]
+            if not at_home(media):
+                media = rehome(media) or media
+            if lic is not None and not at_home(lic):
+                lic = rehome(lic)
+            values = list(r)
+            values[1], values[3], values[4] = _PRODUCT_TYPES[r[1]], media, lic
+            entries.append(OfflinedEntry(*values))  # parts: None, as the row says
+        return entries
+
+    def _download_rows(
+        self, rows: Iterable[tuple[Any, ...]], unusual: set[Any]
+    ) -> list[DownloadEntry]:
+        """As _offlined_rows, for download rows (in _DOWNLOAD_COLUMNS)."""
+        rehome = self._layout.rehome
+        entries: list[DownloadEntry] = []
+        for r in rows:
+            if r[0] in unusual:
+                entries += self._downloads([_Row(_DOWNLOAD_COLUMNS, tuple(r))])
+                continue
+            values = list(r)
+            values[2] = _PRODUCT_TYPES[r[2]]
+            values[4] = _STATES[r[4]]
+            values[8] = _KINDS[r[8]] if r[8] else None
+            values[13] = rehome(r[13])
+            values[14] = rehome(r[14])
+            values[20] = bool(r[20])
+            values[21] = {}  # a usual row's resume_info is '{}'
+            values[24] = bool(r[24])
+            entries.append(DownloadEntry(*values))
+        return entries
 
     def set_invalid_reason(
         self, product_key: str, reason: str | None, *, mtime_ns: int | None = None
