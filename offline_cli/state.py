@@ -80,18 +80,17 @@ class StoreReader:
         listing: list[tuple[str, OfflinedCheck | None]]
         if products is None:
             listing = store.product_listing()
-            keys = [key for key, _ in listing]
-            offlined = {key: check for key, check in listing if check is not None}
             latest = store.latest_download_by_key() if with_downloads else {}
         elif len(products) > 20:
-            keys = [p.key for p in products]
             offlined = {key: check for key, check in store.product_listing() if check is not None}
+            listing = [(p.key, offlined.get(p.key)) for p in products]
             latest = store.latest_download_by_key() if with_downloads else {}
         else:
             keys = [p.key for p in products]
-            offlined = {
-                k: OfflinedCheck.of(e) for k in keys if (e := store.get_offlined(k)) is not None
-            }
+            listing = [
+                (k, None if (e := store.get_offlined(k)) is None else OfflinedCheck.of(e))
+                for k in keys
+            ]
             latest = (
                 {k: d for k in keys if (d := store.latest_download(k)) is not None}
                 if with_downloads
@@ -103,13 +102,24 @@ class StoreReader:
             OfflineState.NOT_OFFLINED,
         )
         check, as_read = self.quick_problem, self.as_read
-        linked = self._linked_folders() if len(offlined) > 20 else None
-        statuses = []
-        for k in keys:
-            found = offlined.get(k)
-            state = absent if found is None else valid if check(found, linked) is None else invalid
-            statuses.append(ProductStatus(k, state, as_read(latest.get(k)) if latest else None))
-        return statuses
+        linked = self._linked_folders() if len(listing) > 20 else None
+        if not latest:
+            return [
+                ProductStatus(
+                    k,
+                    absent if found is None else valid if check(found, linked) is None else invalid,
+                    None,
+                )
+                for k, found in listing
+            ]
+        return [
+            ProductStatus(
+                k,
+                absent if found is None else valid if check(found, linked) is None else invalid,
+                as_read(latest.get(k)),
+            )
+            for k, found in listing
+        ]
 
     def _linked_folders(self) -> set[str] | None:
         """The names in the store folder that are symbolic links: one read of the folder
