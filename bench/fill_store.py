@@ -239,7 +239,7 @@ def fill(home: Path, n: int) -> dict[str, int]:
         conn.close()
     counts["downloads"] = len(downloads)
     counts["events"] = len(events)
-    counts["orphans"] = ORPHANS
+    counts["orphans"] = ORPHANS if n else 0
     return counts
 
 
