@@ -113,8 +113,13 @@ def _plain(name: str) -> bool:
 
 
 def _entries(folder: Path) -> list[Path]:
+    """The entries of ``folder`` that are not regular files, by its listing alone (a lock
+    folder holds one file per product ever downloaded: 100,000 in a big store)."""
     try:
-        return list(folder.iterdir()) if folder.is_dir() and not folder.is_symlink() else []
+        if not folder.is_dir() or folder.is_symlink():
+            return []
+        with os.scandir(folder) as entries:
+            return [Path(e.path) for e in entries if not e.is_file(follow_symlinks=False)]
     except OSError:
         return []
 
