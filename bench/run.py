@@ -1510,10 +1510,142 @@ def bench_throttled(args: argparse.Namespace, tmp: Path, config: Path, report: R
     )
 
 
+# -- a store of 100,000 entries -------------------------------------------------------------------
+
+
+# The commands timed on the big store and on an empty one; the first five have a time limit,
+# `state PRODUCT` a limit relative to the empty store's.
+STORE_LIMIT_S = 1.0
+STORE_ONE_RATIO = 1.10
+# An offlined product of bench/fill_store.py (product 500: fate "offlined", a video).
+STORE_ONE_PRODUCT = "video:000500"
+
+
+def store_commands() -> dict[str, list[str]]:
+    return {
+        "state": ["state"],
+        "state_json": ["state", "--json"],
+        "health": ["health"],
+        "health_json": ["health", "--json"],
+        "cleanup_dry_run": ["cleanup", "--dry-run"],
+        "state_one": ["state", STORE_ONE_PRODUCT],
+    }
+
+
+def bench_store(args: argparse.Namespace, tmp: Path, config: Path, report: Report) -> None:
+    """A store of ``--store-products`` entries (filled by bench/fill_store.py through the
+    store's own schema code and bulk SQL, with real small files), each read command timed
+    against the same command on an empty store, interleaved."""
+    n, runs = args.store_products, args.store_runs
+    homes = {"big": tmp / "home-store-big", "empty": tmp / "home-store-empty"}
+    fills: dict[str, Any] = {}
+    for name, count in (("big", n), ("empty", 0)):
+        progress(f"store: filling a store with {count} products")
+        r = run([PYTHON, str(BENCH_DIR / "fill_store.py"), str(homes[name]), str(count)]).check()
+        fills[name] = {"wall_s": round(r.wall_s, 2), **json.loads(r.stdout)}
+    envs = {name: cli_env(home, config) for name, home in homes.items()}
+    # What the big store holds, as `state` sees it (and the first run creates any index).
+    listing = run([*OFFLINE_CLI, "state"], env=envs["big"]).check()
+    lines = [ln for ln in listing.stdout.splitlines() if ln.strip()]
+    if len(lines) != n:
+        raise BenchError(f"store of {n}: state listed {len(lines)} products")
+    states: dict[str, int] = {}
+    for ln in lines:
+        value = ln.rsplit("\t", 1)[-1]
+        states[value] = states.get(value, 0) + 1
+    commands = store_commands()
+    walls: dict[str, dict[str, list[float]]] = {c: {"big": [], "empty": []} for c in commands}
+    rss: dict[str, dict[str, int]] = {c: {} for c in commands}
+    out_bytes: dict[str, int] = {}
+    for cmd_name, argv in commands.items():  # warm-up: bytecode, page cache; peak RSS
+        for name in ("big", "empty"):
+            r = run([*OFFLINE_CLI, *argv], env=envs[name], measure_rss=True).check()
+            rss[cmd_name][name] = r.maxrss_kb
+            if name == "big":
+                out_bytes[cmd_name] = len(r.stdout.encode())
+    for i in range(runs):
+        progress(f"store: round {i + 1}/{runs} of {len(commands)} commands x 2 stores")
+        for cmd_name, argv in commands.items():  # interleaved, each big run paired with empty
+            for name in ("big", "empty"):
+                walls[cmd_name][name].append(
+                    run([*OFFLINE_CLI, *argv], env=envs[name]).check().wall_s
+                )
+
+    results: dict[str, Any] = {}
+    rows = []
+    for cmd_name, argv in commands.items():
+        big, empty = walls[cmd_name]["big"], walls[cmd_name]["empty"]
+        m_big, m_empty = median(big), median(empty)
+        if cmd_name == "state_one":
+            figure, limit = m_big / m_empty, STORE_ONE_RATIO
+            goal = f"<= {limit:.2f}x the empty store's"
+        else:
+            figure, limit = m_big, STORE_LIMIT_S
+            goal = f"<= {limit:.1f} s"
+        passed = figure <= limit
+        results[cmd_name] = {
+            "command": "offline-cli " + " ".join(argv),
+            "big_s_median": round(m_big, 4),
+            "big_s_min": round(min(big), 4),
+            "big_s_all": [round(w, 4) for w in big],
+            "empty_s_median": round(m_empty, 4),
+            "empty_s_min": round(min(empty), 4),
+            "empty_s_all": [round(w, 4) for w in empty],
+            "ratio_big_vs_empty": round(m_big / m_empty, 3),
+            "maxrss_mb_big": round(rss[cmd_name]["big"] / 1024, 1),
+            "maxrss_mb_empty": round(rss[cmd_name]["empty"] / 1024, 1),
+            "stdout_bytes_big": out_bytes[cmd_name],
+            "target": {"goal": goal, "figure": round(figure, 3), "pass": passed},
+        }
+        rows.append(
+            [
+                "offline-cli " + " ".join(argv),
+                f"{m_big:.3f}",
+                f"{min(big):.3f}",
+                f"{m_empty:.3f}",
+                f"{min(empty):.3f}",
+                fmt_ratio(m_big / m_empty),
+                f"{rss[cmd_name]['big'] / 1024:.1f}",
+                goal,
+                "PASS" if passed else "FAIL",
+            ]
+        )
+    report.data["store"] = {
+        "products": n,
+        "runs": runs,
+        "fill": fills,
+        "states_listed": states,
+        "commands": results,
+    }
+    big_fill = fills["big"]
+    report.add_table(
+        table(
+            f"A store of {n:,} entries vs an empty store (median and min of {runs} interleaved "
+            "paired runs, wall clock incl. start-up)",
+            [
+                "command",
+                "big s",
+                "big min",
+                "empty s",
+                "empty min",
+                "big/empty",
+                "RSS MB",
+                "target",
+                "",
+            ],
+            rows,
+        )
+        + f"\nfilled in {big_fill['wall_s']:.1f} s: "
+        + ", ".join(f"{k} {v}" for k, v in big_fill.items() if k not in ("wall_s", "fill_ms"))
+        + "\nstate lists: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
+    )
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 
-SECTIONS = ["downloads", "large", "latency", "startup", "resume", "many", "throttled"]
+SECTIONS = ["downloads", "large", "latency", "startup", "resume", "many", "throttled", "store"]
 
 
 # --smoke: every section at sizes that take seconds (CI runs it to show the bench works).
@@ -1532,6 +1664,8 @@ SMOKE: dict[str, Any] = {
     "throttle_kb": 100,
     "throttle_rate_kb": 200,
     "throttle_repeat": 1,
+    "store_products": 2000,
+    "store_runs": 1,
 }
 
 
@@ -1559,6 +1693,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--throttle-repeat", type=int, default=1, help="timed runs per tool, throttled (1)"
     )
     p.add_argument(
+        "--store-products", type=int, default=100_000, help="entries of the big store (100000)"
+    )
+    p.add_argument("--store-runs", type=int, default=5, help="timed runs per store command (5)")
+    p.add_argument(
         "--only",
         choices=SECTIONS,
         action="append",
@@ -1585,6 +1723,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     counts = (args.size_mb, args.repeat, args.runs, args.products, args.jobs, args.many_files)
     counts += (args.startup_runs,)
     counts += (args.many_kib, args.throttle_files, args.throttle_repeat)
+    counts += (args.store_products, args.store_runs)
     if min(counts) < 1 or min(args.throttle_kb, args.throttle_rate_kb) <= 0:
         p.error("sizes and counts must be >= 1")
     if args.only is None and os.environ.get("BENCH_CASES", "").strip():
@@ -1675,6 +1814,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bench_many(args, tmp, config, report)
             if "throttled" in sections:
                 bench_throttled(args, tmp, config, report)
+            if "store" in sections:
+                bench_store(args, tmp, config, report)
     elapsed = time.perf_counter() - started
     report.data["meta"]["bench_wall_s"] = round(elapsed, 1)
     report.data["notes"] = report.notes

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import errno
+import functools
 import gc
 import json
 import logging
@@ -43,6 +44,7 @@ from offline_cli.errors import (
 from offline_cli.listener import OfflineEngineListener
 from offline_cli.models import (
     MediaProduct,
+    OfflinedEntry,
     OfflineState,
     check_sha256,
     check_url,
@@ -52,7 +54,7 @@ from offline_cli.models import (
     parse_product_name,
 )
 from offline_cli.paths import HOME_ENV, PRIVATE_FILE_MODE, default_home
-from offline_cli.redaction import escape_controls
+from offline_cli.redaction import escape_controls, has_controls
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -161,7 +163,87 @@ def _say(message: str) -> None:
 
 def _data(line: str) -> None:
     # Tabs separate fields and newlines end JSON lines; other controls in a name are escaped.
-    sys.stdout.write(escape_controls(line, keep="\t\n") + "\n")
+    if has_controls(line.replace("\t", "").replace("\n", "")):
+        line = escape_controls(line, keep="\t\n")
+    sys.stdout.write(line + "\n")
+
+
+_json_string = json.encoder.encode_basestring_ascii  # C, as json.dumps uses it
+# Lines of a long listing written (and escaped) at once.
+_BLOCK_LINES = 4096
+
+
+def _json_data(rows: list[Any]) -> None:
+    """``_data(json.dumps(rows, indent=2))``, the same text, written item by item: a store
+    of 100,000 products makes a listing of tens of MB, and json's indenting encoder is pure
+    Python (each item here is indented by _indented, which leaves the strings to json's C
+    encoder)."""
+    if not rows:
+        _data(json.dumps(rows, indent=2))
+        return
+    for start in range(0, len(rows), _BLOCK_LINES // 16):
+        block = rows[start : start + _BLOCK_LINES // 16]
+        text = ",\n  ".join(_indented(row, 1) for row in block)
+        _data(
+            ("[\n  " if start == 0 else "  ")
+            + text
+            + ("," if start + len(block) < len(rows) else "\n]")
+        )
+
+
+@functools.cache
+def _flat_encoder(level: int) -> Callable[[Any], str]:
+    return json.JSONEncoder(separators=(",\n" + "  " * level, ": ")).encode
+
+
+def _indented(value: Any, level: int) -> str:
+    """``json.dumps(value, indent=2)`` of a value at nesting ``level`` (as json writes it
+    inside a list or object: ensure_ascii, ``", "``-free separators)."""
+    if isinstance(value, str):
+        return _json_string(value)
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, float):
+        return json.dumps(value)
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        if not value:
+            return "{}"
+        # Runs of plain values are written by json's C encoder, with the newline and indent
+        # as its separator; a nested list or object in between, by this function.
+        sep = ",\n" + "  " * (level + 1)
+        parts: list[str] = []
+        run: dict[str, Any] = {}
+        for k, v in value.items():
+            if isinstance(v, dict | list | tuple):
+                if run:
+                    parts.append(_flat_encoder(level + 1)(run)[1:-1])
+                    run = {}
+                parts.append(f"{_json_string(k)}: {_indented(v, level + 1)}")
+            else:
+                run[k] = v
+        if run:
+            parts.append(_flat_encoder(level + 1)(run)[1:-1])
+        return "{" + sep[1:] + sep.join(parts) + "\n" + "  " * level + "}"
+    if isinstance(value, list | tuple):
+        if not value:
+            return "[]"
+        inner = "\n" + "  " * (level + 1)
+        return (
+            "["
+            + inner
+            + ("," + inner).join(_indented(v, level + 1) for v in value)
+            + "\n"
+            + "  " * level
+            + "]"
+        )
+    # Anything else as json itself writes it (or refuses it), indented for this level.
+    return json.dumps(value, indent=2).replace("\n", "\n" + "  " * level)
 
 
 def _error_line(exc: OfflineError) -> str:
@@ -886,16 +968,23 @@ def state(
         engine = _engine()
         reader = engine.reader()
         rows = []
-        for status in engine.product_statuses(wanted, with_downloads=json_out):
-            if not json_out:
-                line = status.state.value
-                _data(line if wanted is not None else f"{status.key}\t{line}")
-                continue
+        statuses = engine.product_statuses(wanted, with_downloads=json_out)
+        if not json_out:
+            # Written in blocks: one line per product, and a store may hold 100,000.
+            for start in range(0, len(statuses), _BLOCK_LINES):
+                block = statuses[start : start + _BLOCK_LINES]
+                if wanted is not None:
+                    _data("\n".join(s.state.value for s in block))
+                else:
+                    _data("\n".join(f"{s.key}\t{s.state.value}" for s in block))
+            return
+        stored_files = reader.stored_files() if statuses else {}
+        for status in statuses:
             row: dict[str, Any] = {"product": status.key, "state": status.state.value}
             if status.state is not OfflineState.NOT_OFFLINED:
-                stored, _ = reader.stored_product(status.key)
-                if stored is not None:
-                    row.update(_stored_fields(stored))
+                files = stored_files.get(status.key)
+                if files is not None:
+                    row.update(_file_fields(*files))
             download = status.download
             if download is not None:
                 row["download"] = {
@@ -907,18 +996,21 @@ def state(
                     "last_error": download.last_error,
                 }
             rows.append(row)
-        if json_out:
-            _data(json.dumps(rows, indent=2))
+        _json_data(rows)
     except OfflineError as exc:
         _fail(exc)
 
 
 def _stored_fields(stored: StoredProduct) -> dict[str, Any]:
     """What `path --json` and `state --json` say of a committed product's files."""
-    entry = stored.entry
+    license_path = str(stored.license) if stored.license else None
+    return _file_fields(stored.entry, str(stored.media), license_path)
+
+
+def _file_fields(entry: OfflinedEntry, media: str, license_path: str | None) -> dict[str, Any]:
     return {
-        "media_path": str(stored.media),
-        "license_path": str(stored.license) if stored.license else None,
+        "media_path": media,
+        "license_path": license_path,
         "size": entry.size,
         "sha256": entry.sha256,
         "license_size": entry.license_size,

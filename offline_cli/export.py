@@ -54,6 +54,12 @@ def locate(entry: OfflinedEntry, media_root: Path, license_path: Path | None) ->
     return StoredProduct(entry, media_root, license_path, None)
 
 
+def media_name(entry: OfflinedEntry, media_root: str) -> str:
+    """``str(locate(entry, Path(media_root), ...).media)``, without making Paths (`state
+    --json` names the media of every product)."""
+    return os.path.join(media_root, INDEX_PLAYLIST) if entry.is_hls else media_root
+
+
 def export_name(entry: OfflinedEntry, source_url: str | None) -> str:
     """The name an export takes inside a DEST folder: the URL's last path segment, made
     safe (letters, digits, ``.``, ``_``, ``-``); an HLS product, or a URL without a usable

@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from offline_cli.errors import StorageError
@@ -21,6 +22,9 @@ HOME_ENV = "OFFLINE_CLI_HOME"
 # the tool named itself; it is owned, moved and removed as one.
 _FINAL_FILE = re.compile(r"(?P<id>[0-9a-f]{32})\.(?:media|license|hls)")
 _PARTIAL_FILE = re.compile(r"(?P<id>[0-9a-f]{32})\.(?:media|license|hls)\.part")
+# ``<folder>/<file>`` under the store folder, each one plain component (not . or ..).
+_STORE_TAIL = re.compile(r"(?!\.\.?/)[^/\0]+/(?!\.\.?$)[^/\0]+")
+_STORED_TAIL = re.compile(r"((?!\.\.?/)[^/\0]+)/[0-9a-f]{32}\.(?:media|license|hls)")
 HLS_FOLDER = re.compile(r"[0-9a-f]{32}\.hls(?:\.part)?")
 # Owner only, whatever the umask: licenses and credentials live in the home.
 PRIVATE_DIR_MODE = 0o700
@@ -103,9 +107,19 @@ def touch_private(path: Path) -> None:
     os.close(open_private(path, os.O_RDONLY))
 
 
+def _plain(name: str) -> bool:
+    """A single, normalised path component."""
+    return name not in ("", ".", "..") and os.sep not in name
+
+
 def _entries(folder: Path) -> list[Path]:
+    """The entries of ``folder`` that are not regular files, by its listing alone (a lock
+    folder holds one file per product ever downloaded: 100,000 in a big store)."""
     try:
-        return list(folder.iterdir()) if folder.is_dir() and not folder.is_symlink() else []
+        if not folder.is_dir() or folder.is_symlink():
+            return []
+        with os.scandir(folder) as entries:
+            return [Path(e.path) for e in entries if not e.is_file(follow_symlinks=False)]
     except OSError:
         return []
 
@@ -228,11 +242,55 @@ class Layout:
         """
         if not raw or "\0" in raw:
             return raw
+        # The common case, fast (`state` reads every product's paths): a normalised path
+        # already under this home is its own answer.
+        store, partial = self._prefixes
+        if raw.startswith(store):
+            folder, sep, name = raw[len(store) :].partition(os.sep)
+            if sep and _plain(folder) and _plain(name):
+                return raw
+        elif raw.startswith(partial) and _plain(raw[len(partial) :]) and not self._home_is_store:
+            return raw
         parts = Path(raw).parts
         for anchor, depth in ((self.store_dir.name, 3), (self.partial_dir.name, 2)):
             if len(parts) > depth and parts[-depth] == anchor and ".." not in parts[-depth:]:
                 return str(self.home.joinpath(*parts[-depth:]))
         return raw
+
+    @cached_property
+    def _home_is_store(self) -> bool:
+        """A home named like the store folder: rehome reads its partial files otherwise."""
+        return self.home.name == self.store_dir.name
+
+    @cached_property
+    def _prefixes(self) -> tuple[str, str]:
+        """``<home>/store/`` and ``<home>/partial/`` as strings."""
+        return os.path.join(self.store_dir, ""), os.path.join(self.partial_dir, "")
+
+    def stored_folder(self, raw: str) -> str | None:
+        """The folder of ``raw`` when stored_file takes it as it stands (``<home>/store/
+        <folder>/<download id>.media``, ``.license`` or ``.hls``, spelt as this layout spells
+        the home), else None."""
+        store = self._prefixes[0]
+        if not raw.startswith(store):
+            return None
+        match = _STORED_TAIL.fullmatch(raw, len(store))
+        return None if match is None else match[1]
+
+    def is_store_path(self, raw: str) -> bool:
+        """Whether ``raw`` is ``<home>/store/<folder>/<file>``, spelt as this layout spells
+        it (no ``..``, no empty or extra component): its own rehome."""
+        store = self._prefixes[0]
+        return raw.startswith(store) and _STORE_TAIL.fullmatch(raw, len(store)) is not None
+
+    def stored_file(self, raw: str, product_key: str) -> str | None:
+        """``own_file(raw, product_key, partial=False)`` in any folder of the store (the cheap
+        check of `state` takes only the shape), as a string; fast for the common spelling."""
+        store = self._prefixes[0]
+        if raw.startswith(store) and _STORED_TAIL.fullmatch(raw, len(store)) is not None:
+            return raw
+        path = self.own_file(raw, product_key, partial=False, folder_ok=lambda folder: True)
+        return None if path is None else str(path)
 
     def own_file(
         self,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +26,7 @@ from offline_cli.models import (
     ProductType,
 )
 from offline_cli.paths import Layout
-from offline_cli.store import Store
+from offline_cli.store import OfflinedCheck, Store
 
 if TYPE_CHECKING:
     from offline_cli.credentials import CredentialVault
@@ -80,21 +80,58 @@ class StoreReader:
         neither the network nor the credential vault.
         """
         store = self.store
-        keys = [p.key for p in products] if products is not None else store.known_product_keys()
-        if products is None or len(keys) > 20:
-            offlined = store.offlined_by_key()
+        listing: list[tuple[str, OfflinedCheck | None]]
+        if products is None:
+            listing = store.product_listing()
+            latest = store.latest_download_by_key() if with_downloads else {}
+        elif len(products) > 20:
+            offlined = {key: check for key, check in store.product_listing() if check is not None}
+            listing = [(p.key, offlined.get(p.key)) for p in products]
             latest = store.latest_download_by_key() if with_downloads else {}
         else:
-            offlined = {k: e for k in keys if (e := store.get_offlined(k)) is not None}
+            keys = [p.key for p in products]
+            listing = [
+                (k, None if (e := store.get_offlined(k)) is None else OfflinedCheck.of(e))
+                for k in keys
+            ]
             latest = (
                 {k: d for k in keys if (d := store.latest_download(k)) is not None}
                 if with_downloads
                 else {}
             )
+        valid, invalid, absent = (
+            OfflineState.OFFLINED_AND_VALID,
+            OfflineState.OFFLINED_BUT_NOT_VALID,
+            OfflineState.NOT_OFFLINED,
+        )
+        check, as_read = self.quick_problem, self.as_read
+        linked = self._linked_folders() if len(listing) > 20 else None
+        if not latest:
+            return [
+                ProductStatus(
+                    k,
+                    absent if found is None else valid if check(found, linked) is None else invalid,
+                    None,
+                )
+                for k, found in listing
+            ]
         return [
-            ProductStatus(k, self.state_of(offlined.get(k)), self.as_read(latest.get(k)))
-            for k in keys
+            ProductStatus(
+                k,
+                absent if found is None else valid if check(found, linked) is None else invalid,
+                as_read(latest.get(k)),
+            )
+            for k, found in listing
         ]
+
+    def _linked_folders(self) -> set[str] | None:
+        """The names in the store folder that are symbolic links: one read of the folder
+        instead of a look at each product's (a folder planted as a link is never followed)."""
+        try:
+            with os.scandir(self.layout.store_dir) as entries:
+                return {e.name for e in entries if e.is_symlink()}
+        except OSError:
+            return None  # each product's folder is looked at instead
 
     def as_read(self, entry: DownloadEntry | None) -> DownloadEntry | None:
         """A running download whose owner is gone (kill -9, power loss) reads as PAUSED,
@@ -109,26 +146,35 @@ class StoreReader:
 
     def quick_valid(self, entry: OfflinedEntry) -> str | None:
         """None when valid by the cheap check (size and mtime), else the reason."""
+        return self.quick_problem(OfflinedCheck.of(entry))
+
+    def quick_problem(
+        self, entry: OfflinedCheck, linked: Container[str] | None = None
+    ) -> str | None:
+        """quick_valid of what the store's bulk read gives (`state` checks every product).
+
+        ``linked``: the folders of the store that are symbolic links, read once by a caller
+        that checks many products (else each product's folder is looked at)."""
         if entry.invalid_reason:
             return entry.invalid_reason
-        owned: dict[str, Path] = {}
-        for name, raw in (("media", entry.media_path), ("license", entry.license_path)):
-            if raw is None:
-                continue
+        media, license_path = entry.media_path, entry.license_path
+        if entry.folder is None or linked is None:
             # Only the shape here (this check runs for every product `state` lists): the
             # files are looked at, never read; validate proves whose folder it is.
-            path = self.layout.own_file(
-                raw, entry.product_key, partial=False, folder_ok=lambda folder: True
-            )
-            if path is None:
-                return f"{name} path is not a file of the store (not read)"
-            owned[name] = path
-        media = owned["media"]
+            own = self.layout.stored_file(entry.media_path, entry.product_key)
+            if own is None:
+                return "media path is not a file of the store (not read)"
+            media = own
+            if entry.license_path is not None:
+                license_path = self.layout.stored_file(entry.license_path, entry.product_key)
+                if license_path is None:
+                    return "license path is not a file of the store (not read)"
+            linked = None
         if entry.parts is not None:
-            problem = folder_problem(media, entry.parts, mtime_ns=entry.mtime_ns, full=False)
+            problem = folder_problem(Path(media), entry.parts, mtime_ns=entry.mtime_ns, full=False)
             if problem is not None:
                 return problem
-        elif media.parent.is_symlink():
+        elif os.path.islink(os.path.dirname(media)) if linked is None else entry.folder in linked:
             # A folder planted as a link: its files are not ours, whatever their sizes say.
             return "media folder is a symbolic link (not followed)"
         else:
@@ -138,9 +184,9 @@ class StoreReader:
                 return "media file missing"
             if info.st_size != entry.size or info.st_mtime_ns != entry.mtime_ns:
                 return "media file changed"
-        if "license" in owned:
+        if license_path is not None:
             try:
-                license_info = os.stat(owned["license"], follow_symlinks=False)
+                license_info = os.stat(license_path, follow_symlinks=False)
             except OSError:
                 return "license file missing"
             if license_info.st_size != entry.license_size:
@@ -168,6 +214,23 @@ class StoreReader:
             else None
         )
         return locate(entry, media, license_path), self.quick_valid(entry)
+
+    def stored_files(self) -> dict[str, tuple[OfflinedEntry, str, str | None]]:
+        """Of every offlined product whose paths are the store's own: its entry, media (as
+        StoredProduct.media names it) and license, in one read (`state --json` lists them
+        all); the validity is not looked at."""
+        from offline_cli.export import media_name  # `state --json`, not `state`
+
+        own = self.layout.stored_file
+        found: dict[str, tuple[OfflinedEntry, str, str | None]] = {}
+        for entry in self.store.list_offlined():
+            key = entry.product_key
+            media = own(entry.media_path, key)
+            if media is None:
+                continue
+            license_path = own(entry.license_path, key) if entry.license_path else None
+            found[key] = (entry, media_name(entry, media), license_path)
+        return found
 
     def product_for_key(self, key: str) -> MediaProduct:
         """The product a stored key names, with the URLs the store remembers."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
 import json
 import math
 import os
@@ -14,9 +15,9 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import quote
 
 import peewee
@@ -53,6 +54,10 @@ NEARLY_FULL_BYTES = 1024 * 1024
 # (see maintenance.py: the files of a replaced database are not orphans at once).
 DATABASE_SEEN_KEY = "database_first_seen_at"
 _Entry = TypeVar("_Entry", DownloadEntry, OfflinedEntry)
+_HUGE = float("inf")
+_PRODUCT_TYPES = {t.value: t for t in ProductType}
+_STATES = {t.value: t for t in DownloadState}
+_KINDS = {t.value: t for t in ErrorKind}
 
 
 class _Base(peewee.Model):
@@ -190,6 +195,20 @@ class MetricEvent:
     error_kind: str | None
     attempts: int | None
     detail: str | None
+
+
+@dataclass
+class EventSummary:
+    """Metric events summed by kind of event (see Store.event_summary)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    bytes: dict[str, int] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)
+    with_attempts: dict[str, int] = field(default_factory=dict)  # events whose attempts != 0
+    retried_products: int = 0  # distinct products named by retry events
+    durations: float = 0.0  # of the succeeded downloads
+    failures_by_kind: dict[str, int] = field(default_factory=dict)
+    per_day: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def _sqlite_error_name(exc: BaseException) -> str:
@@ -368,6 +387,46 @@ class UnreadableEntry:
     paths: list[str]
 
 
+class OfflinedCheck(NamedTuple):
+    """What the cheap check of `state` reads of an offlined row (paths under the home as
+    it is now)."""
+
+    product_key: str
+    media_path: str
+    license_path: str | None
+    size: int
+    mtime_ns: int
+    license_size: int | None
+    license_expires_at: float | None
+    invalid_reason: str | None
+    parts: tuple[StoredPart, ...] | None
+    # The product's folder in the store when the store found both paths to be files of the
+    # store spelt as this home spells them (Layout.stored_file holds): none to check again.
+    folder: str | None = None
+
+    @classmethod
+    def of(cls, e: OfflinedEntry) -> OfflinedCheck:
+        return cls(
+            e.product_key,
+            e.media_path,
+            e.license_path,
+            e.size,
+            e.mtime_ns,
+            e.license_size,
+            e.license_expires_at,
+            e.invalid_reason,
+            e.parts,
+        )
+
+
+def _time_key(value: Any) -> float:
+    """A time column as `known_product_keys` orders by it: read as the model reads it, and
+    a damaged time (not a finite number) as 0, so it sorts first rather than breaking."""
+    with contextlib.suppress(TypeError, ValueError):
+        value = float(value)
+    return _as_float(value) or 0.0
+
+
 def _paths(*values: Any) -> list[str]:
     return [v for v in values if isinstance(v, str) and v]
 
@@ -425,6 +484,87 @@ _METRIC_COLUMNS = (
     "detail",
 )
 _SELECT_OFFLINED = f"SELECT {', '.join(_OFFLINED_COLUMNS)} FROM offlined_entries"
+
+
+def _canonical(model: type[peewee.Model], special: dict[str, str]) -> str:
+    """An SQL condition true only for rows whose every value is in the form this release
+    writes: such a row surely parses (``_download_from_row``, ``_offlined_from_row``), so bulk
+    reads may take its values as they are. Any other row takes the full, checked path.
+    ``special``: the condition of a column that is more than its type."""
+    finite = "abs({c}) < 1e308"
+    conditions = []
+    for f in model._meta.sorted_fields:
+        c = f.column_name
+        if c in special:
+            cond = special[c]
+        elif isinstance(f, peewee.BooleanField):
+            continue  # read as bool(value): any value will do
+        elif isinstance(f, peewee.IntegerField):
+            cond = f"typeof({c}) = 'integer'"
+        elif isinstance(f, peewee.FloatField):
+            cond = f"typeof({c}) IN ('integer', 'real') AND {finite.format(c=c)}"
+        else:
+            cond = f"typeof({c}) = 'text'"
+        conditions.append(f"({c} IS NULL OR ({cond}))" if f.null else f"({cond})")
+    return " AND ".join(conditions)
+
+
+def _one_of(column: str, kind: type[enum.Enum]) -> str:
+    return f"{column} IN ({', '.join(repr(k.value) for k in kind)})"
+
+
+_DOWNLOAD_CANONICAL = _canonical(
+    _DownloadRow,
+    {
+        "product_type": _one_of("product_type", ProductType),
+        "state": _one_of("state", DownloadState),
+        "error_kind": f"{_one_of('error_kind', ErrorKind)} OR error_kind = ''",
+        "progress": "typeof(progress) IN ('integer', 'real') AND progress BETWEEN 0 AND 1",
+        "attempt_count": "typeof(attempt_count) = 'integer' AND attempt_count >= 0",
+        "resume_info": "resume_info = '{}'",
+    },
+)
+# parts: an HLS product's files are checked one by one (_stored_parts), never taken as read.
+_OFFLINED_CANONICAL = _canonical(
+    _OfflinedRow,
+    {"product_type": _one_of("product_type", ProductType), "parts": "0"},
+)
+
+# Indexes beyond the models' own, created idempotently by every migration (and added to a
+# store of the current version that lacks them). product_created: each product's first
+# download (`state` orders products by when they were first seen) read from the index alone.
+# The unusual rows (not canonical: damaged, or an HLS product's) are indexed apart, so bulk
+# reads take the others as they are and find these at once; the index's name carries a digest
+# of its condition, so a release that changes the condition makes a new one (the old goes).
+_METRIC_CANONICAL = _canonical(_MetricRow, {})
+_OFFLINED_UNUSUAL = f"NOT coalesce(({_OFFLINED_CANONICAL}), 0)"
+_METRIC_UNUSUAL = f"NOT coalesce(({_METRIC_CANONICAL}), 0)"
+_DOWNLOAD_UNUSUAL = f"NOT coalesce(({_DOWNLOAD_CANONICAL}), 0)"
+_UNUSUAL_PREFIX = "unusual_"
+
+
+def _unusual_index(table: str, column: str, condition: str) -> tuple[str, str]:
+    name = f"{_UNUSUAL_PREFIX}{table}_{hashlib.sha256(condition.encode()).hexdigest()[:12]}"
+    return name, f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({column}) WHERE {condition}"
+
+
+_INDEXES = dict(
+    [
+        (
+            "download_entries_product_state",
+            "CREATE INDEX IF NOT EXISTS download_entries_product_state "
+            "ON download_entries (product_key, state)",
+        ),
+        (
+            "download_entries_product_created",
+            "CREATE INDEX IF NOT EXISTS download_entries_product_created "
+            "ON download_entries (product_key, created_at)",
+        ),
+        _unusual_index("offlined_entries", "completed_at", _OFFLINED_UNUSUAL),
+        _unusual_index("download_entries", "created_at", _DOWNLOAD_UNUSUAL),
+        _unusual_index("metric_events", "at", _METRIC_UNUSUAL),
+    ]
+)
 
 
 class _Row:
@@ -707,6 +847,7 @@ class Store:
                 hint="upgrade offline-cli",
             )
         if version == SCHEMA_VERSION:
+            self._ensure_indexes()
             return
         # The vault of this home: the credentials of the URLs the database names.
         from offline_cli.credentials import CredentialVault
@@ -726,10 +867,7 @@ class Store:
                 if version <= 2:
                     renamed = self._migrate_2_to_3(vault)
                 self._migrate_3_to_4()
-            self._db.execute_sql(
-                "CREATE INDEX IF NOT EXISTS download_entries_product_state "
-                "ON download_entries (product_key, state)"
-            )
+            self._create_indexes()
             self._db.execute_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
         # Only now that the database names the new forms: the old names were vault keys
         # for the same full URLs, and a later delete forgets only the new ones.
@@ -739,6 +877,27 @@ class Store:
             # A leftover old name is harmless (nothing refers to it), so a failure is not fatal.
             with contextlib.suppress(OSError):
                 vault.forget(stale)
+
+    def _ensure_indexes(self) -> None:
+        """Create the indexes a store of this schema version lacks (one an earlier release
+        of the same version did not make): they change no data, so the version stays."""
+        names = {
+            row[0]
+            for row in self._db.execute_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'index'"
+            ).fetchall()
+        }
+        stale = {n for n in names if n.startswith(_UNUSUAL_PREFIX)} - set(_INDEXES)
+        if set(_INDEXES) <= names and not stale:
+            return
+        with self._db.atomic():
+            self._create_indexes(stale)
+
+    def _create_indexes(self, stale: Iterable[str] = ()) -> None:
+        for name in stale:
+            self._db.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
+        for sql in _INDEXES.values():
+            self._db.execute_sql(sql)
 
     def _migrate_2_to_3(self, vault: CredentialVault) -> dict[str, str]:
         """Rename URL products and stored URLs by today's redaction rule; return old -> new.
@@ -1001,16 +1160,65 @@ class Store:
     def latest_download_by_key(self) -> dict[str, DownloadEntry]:
         """Each product's latest download entry, in one query."""
         with self._errors():
-            rows = list(
-                self._t.download.select().order_by(self._t.download.created_at, peewee.SQL("rowid"))
-            )
-        latest = {row.product_key: row for row in rows}
-        return {e.product_key: e for e in self._downloads(latest.values())}
+            rows = self._db.execute_sql(f"{_SELECT_DOWNLOAD} ORDER BY created_at, rowid").fetchall()
+            unusual = self._unusual("id", "download_entries", _DOWNLOAD_UNUSUAL)
+        latest = {row[1]: row for row in rows}
+        return {e.product_key: e for e in self._download_rows(latest.values(), unusual)}
 
     def list_offlined(self) -> list[OfflinedEntry]:
         with self._errors():
-            rows = list(self._t.offlined.select().order_by(self._t.offlined.completed_at))
-        return self._offlined(rows)
+            rows = self._db.execute_sql(f"{_SELECT_OFFLINED} ORDER BY completed_at").fetchall()
+            unusual = self._unusual("product_key", "offlined_entries", _OFFLINED_UNUSUAL)
+        return self._offlined_rows(rows, unusual)
+
+    def _unusual(self, column: str, table: str, condition: str) -> set[Any]:
+        """The ``column`` of the rows not in the form this release writes (by their index)."""
+        sql = f"SELECT {column} FROM {table} WHERE {condition}"
+        return {value for (value,) in self._db.execute_sql(sql).fetchall()}
+
+    def _offlined_rows(
+        self, rows: Iterable[tuple[Any, ...]], unusual: set[Any]
+    ) -> list[OfflinedEntry]:
+        """The entries of raw rows (in _OFFLINED_COLUMNS): a usual row's values are taken
+        as they are (they cannot fail a check), an unusual one is read and checked in full."""
+        layout = self._layout
+        at_home, rehome = layout.is_store_path, layout.rehome
+        entries: list[OfflinedEntry] = []
+        for r in rows:
+            if r[0] in unusual:
+                entries += self._offlined([_Row(_OFFLINED_COLUMNS, tuple(r))])
+                continue
+            media, lic = r[3], r[4]
+            if not at_home(media):
+                media = rehome(media) or media
+            if lic is not None and not at_home(lic):
+                lic = rehome(lic)
+            values = list(r)
+            values[1], values[3], values[4] = _PRODUCT_TYPES[r[1]], media, lic
+            entries.append(OfflinedEntry(*values))  # parts: None, as the row says
+        return entries
+
+    def _download_rows(
+        self, rows: Iterable[tuple[Any, ...]], unusual: set[Any]
+    ) -> list[DownloadEntry]:
+        """As _offlined_rows, for download rows (in _DOWNLOAD_COLUMNS)."""
+        rehome = self._layout.rehome
+        entries: list[DownloadEntry] = []
+        for r in rows:
+            if r[0] in unusual:
+                entries += self._downloads([_Row(_DOWNLOAD_COLUMNS, tuple(r))])
+                continue
+            values = list(r)
+            values[2] = _PRODUCT_TYPES[r[2]]
+            values[4] = _STATES[r[4]]
+            values[8] = _KINDS[r[8]] if r[8] else None
+            values[13] = rehome(r[13])
+            values[14] = rehome(r[14])
+            values[20] = bool(r[20])
+            values[21] = {}  # a usual row's resume_info is '{}'
+            values[24] = bool(r[24])
+            entries.append(DownloadEntry(*values))
+        return entries
 
     def set_invalid_reason(
         self, product_key: str, reason: str | None, *, mtime_ns: int | None = None
@@ -1108,28 +1316,109 @@ class Store:
             self._t.download.delete().where(self._t.download.id == download_id).execute()
 
     def known_product_keys(self) -> list[str]:
-        """Every product the store knows, offlined or with a download entry, oldest first."""
+        """Every product the store knows, offlined or with a download entry, oldest first
+        (by when it was first seen; ties by name)."""
         with self._errors():
-            offlined = [
-                (r.completed_at, r.product_key)
-                for r in self._t.offlined.select(
-                    self._t.offlined.product_key, self._t.offlined.completed_at
-                )
-            ]
-            grouped: Any = (
-                self._t.download.select(
-                    self._t.download.product_key, peewee.fn.MIN(self._t.download.created_at)
-                )
-                .group_by(self._t.download.product_key)
-                .tuples()
+            offlined = self._db.execute_sql(
+                "SELECT completed_at, product_key FROM offlined_entries"
+            ).fetchall()
+        return self._by_first_seen(offlined)
+
+    def _by_first_seen(self, offlined: Iterable[tuple[Any, Any]]) -> list[str]:
+        """The keys of ``offlined`` (completed_at, key) and of every download entry, by
+        when each product was first seen. A time that is not a finite number (damaged)
+        counts as 0, so it sorts first rather than breaking the listing."""
+        with self._errors():
+            self._db.connection().create_function(
+                "offline_cli_time", 1, _time_key, deterministic=True
             )
-            downloads = [(at, key) for key, at in grouped]
-        first_seen: dict[str, float] = {}
-        for raw_at, raw_key in offlined + downloads:
-            # Damaged times sort first rather than breaking the listing.
-            at, key = _as_float(raw_at) or 0.0, str(raw_key)
-            first_seen[key] = min(at, first_seen.get(key, at))
-        return sorted(first_seen, key=lambda k: (first_seen[k], k))
+            # Read from the index (product_key, created_at) alone; only a damaged time
+            # calls back into Python.
+            downloads = self._db.execute_sql(
+                "SELECT product_key, CASE WHEN typeof(m) IN ('integer', 'real') "
+                "AND abs(m) < 1e308 THEN m ELSE offline_cli_time(m) END FROM "
+                "(SELECT product_key, MIN(created_at) AS m FROM download_entries "
+                "GROUP BY product_key)"
+            ).fetchall()
+        first_seen: dict[str, float] = dict(downloads)
+        if any(type(key) is not str for key in first_seen):  # damaged: keys as the model reads
+            first_seen = {}
+            for key, at in downloads:
+                key = str(key)
+                first_seen[key] = min(at, first_seen.get(key, at))
+        get = first_seen.get
+        for raw_at, raw_key in offlined:
+            key = raw_key if type(raw_key) is str else str(raw_key)
+            at = raw_at if type(raw_at) in (int, float) and -_HUGE < raw_at < _HUGE else None
+            if at is None:
+                at = _time_key(raw_at)
+            seen = get(key)
+            if seen is None or at < seen:
+                first_seen[key] = at
+        return [key for _, key in sorted(zip(first_seen.values(), first_seen.keys(), strict=True))]
+
+    def product_listing(self) -> list[tuple[str, OfflinedCheck | None]]:
+        """Every product the store knows (as known_product_keys orders them) with what the
+        cheap check needs of its offlined row (None: not offlined, or a row that cannot be
+        read, which is skipped and named as every read does), in a few bulk queries."""
+        with self._errors():
+            rows = self._db.execute_sql(
+                "SELECT product_key, media_path, license_path, size, mtime_ns, license_size, "
+                "license_expires_at, invalid_reason, completed_at FROM offlined_entries"
+            ).fetchall()
+            unusual = {
+                key
+                for (key,) in self._db.execute_sql(
+                    f"SELECT product_key FROM offlined_entries WHERE {_OFFLINED_UNUSUAL}"
+                ).fetchall()
+            }
+        keys = self._by_first_seen((row[8], row[0]) for row in rows)
+        layout = self._layout
+        rehome, folder_of = layout.rehome, layout.stored_folder
+        found: dict[str, OfflinedCheck] = {}
+        for key, media, lic, size, mtime_ns, lic_size, expires, invalid, _ in rows:
+            if key in unusual:
+                continue
+            folder = folder_of(media)
+            if folder is not None and (lic is None or folder_of(lic) is not None):
+                # Files of the store as written under this home: their own rehome.
+                found[key] = OfflinedCheck(
+                    key, media, lic, size, mtime_ns, lic_size, expires, invalid, None, folder
+                )
+            else:
+                found[key] = OfflinedCheck(
+                    key,
+                    rehome(media) or media,
+                    rehome(lic),
+                    size,
+                    mtime_ns,
+                    lic_size,
+                    expires,
+                    invalid,
+                    None,
+                )
+        if unusual:
+            # Rows in another form (an HLS product's parts, or damage): read and checked
+            # in full, as get_offlined reads them.
+            slow = self._fetch(
+                f"{_SELECT_OFFLINED} WHERE {_OFFLINED_UNUSUAL} ORDER BY completed_at",
+                (),
+                _OFFLINED_COLUMNS,
+            )
+            for entry in self._offlined(slow):
+                found[entry.product_key] = OfflinedCheck.of(entry)
+        return [(key, found.get(key)) for key in keys]
+
+    def count_offlined(self) -> int:
+        """How many offlined rows can be read (those that cannot are skipped and named)."""
+        with self._errors():
+            (count,) = self._db.execute_sql("SELECT count(*) FROM offlined_entries").fetchone()
+        unusual = self._fetch(
+            f"{_SELECT_OFFLINED} WHERE {_OFFLINED_UNUSUAL} ORDER BY completed_at",
+            (),
+            _OFFLINED_COLUMNS,
+        )
+        return int(count) - len(unusual) + len(self._offlined(unusual))
 
     def product_rows(self, product_key: str) -> ProductRows:
         """The ids, files and URLs of a product's rows, whatever else they hold."""
@@ -1173,9 +1462,18 @@ class Store:
     def unreadable_entries(self) -> list[UnreadableEntry]:
         """Every row a read would skip, with what cleanup needs to remove it."""
         found: list[UnreadableEntry] = []
-        with self._errors():
-            downloads = list(self._t.download.select())
-            offlined = list(self._t.offlined.select())
+        # Only rows not in the form this release writes can fail to parse: the others are
+        # never read here (a store of many products is not parsed whole).
+        downloads = self._fetch(
+            f"{_SELECT_DOWNLOAD} WHERE {_DOWNLOAD_UNUSUAL}",
+            (),
+            _DOWNLOAD_COLUMNS,
+        )
+        offlined = self._fetch(
+            f"{_SELECT_OFFLINED} WHERE {_OFFLINED_UNUSUAL}",
+            (),
+            _OFFLINED_COLUMNS,
+        )
         for d in downloads:
             try:
                 _download_from_row(d)
@@ -1231,18 +1529,17 @@ class Store:
 
     def referenced_paths(self) -> set[str]:
         """Every file path some entry owns (for orphan detection)."""
-        paths: set[str] = set()
         with self._errors():
-            for o in self._t.offlined.select(
-                self._t.offlined.media_path, self._t.offlined.license_path
-            ):
-                paths.update(_paths(o.media_path, o.license_path))
-            for d in self._t.download.select(
-                self._t.download.partial_media_path, self._t.download.partial_license_path
-            ):
-                paths.update(_paths(d.partial_media_path, d.partial_license_path))
+            rows = self._db.execute_sql(
+                "SELECT media_path, license_path FROM offlined_entries "
+                "UNION ALL SELECT partial_media_path, partial_license_path FROM download_entries"
+            ).fetchall()
+        text = _CONVERTERS["media_path"]  # as the model reads a text column
+        paths = {p if isinstance(p, str) else text(p) for row in rows for p in row if p}
+        paths.discard("")
         # As written and as under the home today (a moved home's files are still owned).
-        return paths | {p for p in map(self._layout.rehome, paths) if p}
+        rehome = self._layout.rehome
+        return paths | {q for q in map(rehome, paths) if q}
 
     # -- metrics and settings --------------------------------------------------------------
 
@@ -1283,6 +1580,81 @@ class Store:
                 + ", ".join(f"({', '.join('?' * len(columns))})" for _ in events),
                 tuple(e.get(c) for e in events for c in columns),
             )
+
+    def event_summary(self, since: float | None) -> EventSummary | None:
+        """What `health` reports of the metric events since ``since``, summed by SQLite;
+        None when some event in the window is not in the form this release writes (the
+        caller then reads them one by one, as events_since gives them)."""
+        window, params = ("AND at >= ?", (since,)) if since is not None else ("", ())
+        with self._errors():
+            if self._db.execute_sql(
+                f"SELECT 1 FROM metric_events WHERE {_METRIC_UNUSUAL} {window} LIMIT 1", params
+            ).fetchone():
+                return None
+            summary = EventSummary()
+            totals = self._db.execute_sql(
+                "SELECT event, count(*), coalesce(sum(bytes), 0), coalesce(sum(attempts), 0), "
+                "count(CASE WHEN attempts != 0 THEN 1 END) "
+                f"FROM metric_events WHERE 1 {window} GROUP BY event",
+                params,
+            ).fetchall()
+            for event, count, total_bytes, attempts, with_attempts in totals:
+                summary.counts[event] = count
+                summary.bytes[event] = total_bytes
+                summary.attempts[event] = attempts
+                summary.with_attempts[event] = with_attempts
+            (summary.retried_products,) = self._db.execute_sql(
+                "SELECT count(DISTINCT product_key) FROM metric_events "
+                f"WHERE event = 'retry' AND product_key != '' {window}",
+                params,
+            ).fetchone()
+            # Summed here in time order, as a reader of the events one by one would.
+            for (duration,) in self._db.execute_sql(
+                "SELECT duration_s FROM metric_events WHERE event = 'download_succeeded' "
+                f"{window} ORDER BY at",
+                params,
+            ).fetchall():
+                summary.durations += duration or 0.0
+            # In the order each first appears (as a reader of the events in time order).
+            summary.failures_by_kind = dict(
+                self._db.execute_sql(
+                    "SELECT coalesce(nullif(error_kind, ''), 'unknown') AS kind, count(*) "
+                    f"FROM metric_events WHERE event = 'download_failed' {window} "
+                    "GROUP BY kind ORDER BY min(at), kind",
+                    params,
+                ).fetchall()
+            )
+            for day, ok, ok_at, bad, bad_at in self._db.execute_sql(
+                "SELECT strftime('%Y-%m-%d', at, 'unixepoch') AS day, "
+                "count(CASE WHEN event = 'download_succeeded' THEN 1 END), "
+                "min(CASE WHEN event = 'download_succeeded' THEN at END), "
+                "count(CASE WHEN event = 'download_failed' THEN 1 END), "
+                "min(CASE WHEN event = 'download_failed' THEN at END) "
+                "FROM metric_events WHERE event IN ('download_succeeded', 'download_failed') "
+                f"{window} GROUP BY day ORDER BY day",
+                params,
+            ).fetchall():
+                counts = [("succeeded", ok, ok_at), ("failed", bad, bad_at)]
+                counts.sort(key=lambda c: (c[2] is None, c[2] or 0.0))
+                summary.per_day[day] = {name: n for name, n, _ in counts if n}
+        return summary
+
+    def count_downloads(self, states: Iterable[DownloadState]) -> int:
+        """How many download rows in ``states`` can be read (list_downloads' length)."""
+        values = [s.value for s in states]
+        marks = ", ".join("?" * len(values))
+        with self._errors():
+            (count,) = self._db.execute_sql(
+                f"SELECT count(*) FROM download_entries WHERE state IN ({marks})", tuple(values)
+            ).fetchone()
+            (unusual,) = self._db.execute_sql(
+                f"SELECT count(*) FROM download_entries WHERE {_DOWNLOAD_UNUSUAL} "
+                f"AND state IN ({marks})",
+                tuple(values),
+            ).fetchone()
+        if not unusual:
+            return int(count)
+        return len(self.list_downloads([DownloadState(v) for v in values]))
 
     def events_since(self, since: float | None) -> list[MetricEvent]:
         query = self._t.metric.select().order_by(self._t.metric.at)
