@@ -368,6 +368,17 @@ def download_once(tool: Tool, url: str, out: Path, size: int) -> Run:
 RSS_TARGET_MIB = 64
 
 
+def rss_verdict(name: str, maxrss_kb: Sequence[int]) -> tuple[str, dict[str, Any]]:
+    """The peak RSS target for one tool's runs (the highest of them): a line and its JSON."""
+    peak = max(maxrss_kb) / 1024
+    passed = peak <= RSS_TARGET_MIB
+    line = (
+        f"peak RSS of {name}: {peak:.1f} MiB (target <= {RSS_TARGET_MIB} MiB: "
+        f"{'PASS' if passed else 'FAIL'})"
+    )
+    return line, {"value": round(peak, 1), "target": RSS_TARGET_MIB, "pass": passed}
+
+
 def large_tools(tmp: Path, config: Path, report: Report) -> list[Tool]:
     """curl, curl + sync -d (the durability offline-cli gives), aria2c on one connection,
     offline-cli, and offline-cli with its progress writes off (enhanced_download_management
@@ -641,7 +652,7 @@ def bench_downloads(args: argparse.Namespace, tmp: Path, config: Path, report: R
         table(
             f"Download of one {big_size // MB} MB file over loopback "
             f"(median of {args.repeat}, sendfile server)",
-            ["tool", "wall s", "best s", "MB/s", "time/curl", "speed/curl", "max RSS MB"],
+            ["tool", "wall s", "best s", "MB/s", "time/curl", "speed/curl", "max RSS MiB"],
             rows,
         )
     )
@@ -709,7 +720,7 @@ def memory_table(report: Report) -> None:
     ):
         if name in base:
             rows.append([label, f"{base[name]['maxrss_mb']:.1f}"])
-    report.add_table(table("Peak memory (max RSS, median)", ["process", "max RSS MB"], rows))
+    report.add_table(table("Peak memory (max RSS, median)", ["process", "max RSS MiB"], rows))
 
 
 # -- 3: latency of the read command -----------------------------------------------------------
@@ -845,7 +856,7 @@ def bench_latency(args: argparse.Namespace, tmp: Path, config: Path, report: Rep
     report.add_table(
         table(
             title,
-            ["command", "median ms", "min ms", "/ pass", "/ import typer", "/ typer app", "RSS MB"],
+            ["command", "median ms", "min ms", "/ pass", "/ import typer", "/ typer app", "MiB"],
             rows,
         )
     )
@@ -1408,6 +1419,8 @@ def bench_many(args: argparse.Namespace, tmp: Path, config: Path, report: Report
         speedup = j1["wall_s_median"] / cli_wall
         target_line += f"\n{cli_name} is {speedup:.2f}x as fast as offline-cli -j 1"
         target["speedup_vs_j1"] = round(speedup, 3)
+    rss_line, target["peak_rss_mib"] = rss_verdict(cli_name, rss[cli_name])
+    target_line += f"\n{rss_line}"
     report.data["many"] = {
         "files": count,
         "file_bytes": size,
@@ -1421,7 +1434,7 @@ def bench_many(args: argparse.Namespace, tmp: Path, config: Path, report: Report
         table(
             f"{count} files of {args.many_kib} KiB from one list, {args.jobs} at once "
             f"(median of {args.repeat}, sendfile server, wall clock incl. start-up)",
-            ["tool", "wall s", "best s", "files/s", "ms/file", "time/ref", "speed/ref", "RSS MB"],
+            ["tool", "wall s", "best s", "files/s", "ms/file", "time/ref", "speed/ref", "RSS MiB"],
             rows,
         )
         + f"\nref = {ref_name}\n{target_line}"
@@ -1476,7 +1489,7 @@ def bench_throttled(args: argparse.Namespace, tmp: Path, config: Path, report: R
     cli_name = f"offline-cli -j {args.jobs}"
     cli = results[cli_name]
     passed = cli["over_ideal"] <= 1.3
-    target = {"goal": f"{cli_name} within 1.3x of ideal", "pass": passed}
+    target: dict[str, Any] = {"goal": f"{cli_name} within 1.3x of ideal", "pass": passed}
     lines = [
         f"ideal = total / (min(jobs, files) x rate) = {total / MB:g} MB / "
         f"({min(args.jobs, count)} x {rate / 1000:g} kB/s) = {ideal(args.jobs):.2f} s for -j "
@@ -1489,6 +1502,8 @@ def bench_throttled(args: argparse.Namespace, tmp: Path, config: Path, report: R
         speedup = j1["wall_s_median"] / cli["wall_s_median"]
         target["speedup_vs_j1"] = round(speedup, 3)
         lines.append(f"{cli_name} is {speedup:.2f}x as fast as offline-cli -j 1")
+    rss_line, target["peak_rss_mib"] = rss_verdict(cli_name, rss[cli_name])
+    lines.append(rss_line)
     report.data["throttled"] = {
         "files": count,
         "file_bytes": size,
@@ -1502,7 +1517,7 @@ def bench_throttled(args: argparse.Namespace, tmp: Path, config: Path, report: R
         table(
             f"{count} files of {size / 1000:g} kB, server capped at {rate / 1000:g} kB/s per "
             f"connection (median of {args.throttle_repeat}, wall clock incl. start-up)",
-            ["tool", "wall s", "ideal s", "/ ideal", "MB/s", "RSS MB"],
+            ["tool", "wall s", "ideal s", "/ ideal", "MB/s", "RSS MiB"],
             rows,
         )
         + "\n"
@@ -1629,7 +1644,7 @@ def bench_store(args: argparse.Namespace, tmp: Path, config: Path, report: Repor
                 "empty s",
                 "empty min",
                 "big/empty",
-                "RSS MB",
+                "RSS MiB",
                 "target",
                 "",
             ],

@@ -7,9 +7,17 @@ The public names are loaded on first use (PEP 562): importing a part of the pack
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 from offline_cli._version import __version__
+
+# `import httpx` imports httpx's own command line (httpx._main: click, rich, pygments; about
+# 35 ms and 6 MiB) whenever those are installed, and typer installs them. offline-cli never
+# runs it; None in sys.modules makes that import fail, and httpx then defines a stub `main`.
+# (Only when httpx is not imported yet: a program that already has it keeps it whole.)
+if "httpx" not in sys.modules:
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 if TYPE_CHECKING:
     from offline_cli.engine import OfflineEngine, Outcome

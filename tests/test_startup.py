@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
@@ -37,7 +38,7 @@ try:
 except SystemExit as exc:
     code = exc.code
 sys.stdout.flush()
-modules = sorted(sys.modules)
+modules = sorted(name for name, module in sys.modules.items() if module is not None)
 atexit._run_exitfuncs()
 print(json.dumps({{"code": code, "modules": modules, "frozen": gc.get_freeze_count()}}))
 """
@@ -152,6 +153,18 @@ def test_state_of_every_product_imports_no_download_machinery(
     assert code == 0
     assert name in output
     assert _loaded(modules, DOWNLOAD_ONLY | {"rich"}) == set()
+
+
+def test_a_download_does_not_import_the_command_line_of_httpx(
+    tmp_path: Path, config: Path, httpserver: Any
+) -> None:
+    """httpx imports its own CLI (click, rich, pygments) unless offline_cli stops it."""
+    httpserver.expect_request("/m").respond_with_data(b"x" * 1000)
+    url = httpserver.url_for("/m")
+    code, modules, _, _ = _probe(["-q", "offline", url], tmp_path / "h", config)
+    assert code == 0
+    assert "httpx" in modules
+    assert _loaded(modules, {"httpx._main", "pygments"}) == set()
 
 
 def test_a_command_line_freezes_its_objects_at_exit(tmp_path: Path, config: Path) -> None:
