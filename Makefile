@@ -15,7 +15,7 @@ install: $(BIN)/python  ## create .venv and install offline-cli with its test to
 lint:  ## ruff, ruff format, mypy --strict and the import contracts (pyproject.toml)
 	$(BIN)/ruff check offline_cli tests tools
 	$(BIN)/ruff format --check offline_cli tests tools
-	$(BIN)/mypy offline_cli
+	$(BIN)/mypy offline_cli tools
 	$(BIN)/lint-imports --no-cache
 
 unit:  ## the test suite without the lint step (a short chaos soak included)
