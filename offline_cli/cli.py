@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 import typer.core
@@ -108,6 +108,143 @@ class _OneLineErrors(typer.core.TyperGroup):
             _print_error(_interrupted_line("interrupted"))
         sys.exit(code)
 
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        _format_params(self, ctx, formatter)
+        self.format_commands(ctx, formatter)
+
+    def format_epilog(self, ctx: Any, formatter: Any) -> None:
+        _format_examples(self, formatter)
+
+
+# -- help -----------------------------------------------------------------------------------------
+# --help is drawn here rather than by typer: typer shows Python types (`<list[str]>`,
+# `<int range>`, `INTEGER RANGE`, depending on its version), ignores an argument's metavar and
+# rewraps examples. docs/cli.md is written from the same records (docs/generate.py).
+
+
+@dataclass(frozen=True)
+class ParamHelp:
+    """One argument or option as `--help` and docs/cli.md show it."""
+
+    argument: bool
+    opts: tuple[str, ...]  # every spelling of an option ("-j", "--jobs"); () for an argument
+    metavar: str | None  # "N", "DURATION", "PRODUCT..."; None for a flag
+    help: str
+    default: str | None  # in the user's units ("30s", "best"); None when there is none
+
+    @property
+    def term(self) -> str:
+        """``-j, --jobs N`` or ``PRODUCT...``."""
+        names = ", ".join(self.opts)
+        return " ".join(part for part in (names, self.metavar) if part)
+
+    @property
+    def text(self) -> str:
+        return f"{self.help}  [default: {self.default}]" if self.default else self.help
+
+
+def _metavar(param: Any) -> str | None:
+    """A human name for a parameter's value: its own metavar, else its name in capitals
+    (never its Python type); None for a flag."""
+    if getattr(param, "is_flag", False) or getattr(param, "count", False):
+        return None
+    name = param.metavar or (param.name or "value").upper()
+    return f"{name}..." if param.nargs == -1 else str(name)
+
+
+def _shown_default(param: Any) -> str | None:
+    """The default --help names: an option's ``show_default`` text (a default that comes
+    from the settings, written in the user's units), else a plain text or number default
+    (not a flag's False, nor the sentinel some click versions use for "none")."""
+    if isinstance(param.show_default, str):
+        return param.show_default or None
+    if param.show_default is False or getattr(param, "is_flag", False):
+        return None
+    default = param.default
+    if isinstance(default, str | int | float) and not isinstance(default, bool) and default != "":
+        return str(default)
+    return None
+
+
+def _is_long(opt: str) -> bool:
+    return opt.startswith("--")
+
+
+def help_params(command: Any, ctx: Any) -> list[ParamHelp]:
+    """Every visible argument and option of a click ``command``, as --help shows them."""
+    rows = []
+    for param in command.get_params(ctx):
+        if getattr(param, "hidden", False):
+            continue
+        argument = param.param_type_name == "argument"
+        # Short spellings first (-j, --jobs), the same on every run: typer's order varies.
+        opts = () if argument else sorted((*param.opts, *param.secondary_opts), key=_is_long)
+        rows.append(
+            ParamHelp(
+                argument, tuple(opts), _metavar(param), param.help or "", _shown_default(param)
+            )
+        )
+    return rows
+
+
+def usage_pieces(command: Any, ctx: Any) -> list[str]:
+    """The usage line after the command's name: ``[OPTIONS] PRODUCT DEST``."""
+    pieces = [command.options_metavar] if command.options_metavar else []
+    for param in command.get_params(ctx):
+        if param.param_type_name != "argument":
+            continue
+        name = param.metavar or (param.name or "value").upper()
+        shown = name if param.required else f"[{name}]"
+        pieces.append(f"{shown}..." if param.nargs == -1 else shown)
+    return pieces
+
+
+def command_examples(command: Any) -> list[str]:
+    """The example command lines that end a command's --help (its epilog, one a line)."""
+    return [line.strip() for line in (command.epilog or "").splitlines() if line.strip()]
+
+
+def _format_params(command: Any, ctx: Any, formatter: Any) -> None:
+    rows = help_params(command, ctx)
+    for title, argument in (("Arguments", True), ("Options", False)):
+        records = [(row.term, row.text) for row in rows if row.argument is argument]
+        if records:
+            with formatter.section(title):
+                formatter.write_dl(records)
+
+
+def _format_examples(command: Any, formatter: Any) -> None:
+    """The examples, each on a line of its own as written (help text would be rewrapped)."""
+    examples = command_examples(command)
+    if not examples:
+        return
+    formatter.write_paragraph()
+    formatter.write_text("Examples:" if len(examples) > 1 else "Example:")
+    indent = " " * (formatter.current_indent + 2)
+    for line in examples:
+        formatter.write(f"{indent}{line}\n")
+
+
+class _Command(typer.core.TyperCommand):
+    """A command whose --help is drawn by the functions above."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return usage_pieces(self, ctx)
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        _format_params(self, ctx, formatter)
+
+    def format_epilog(self, ctx: Any, formatter: Any) -> None:
+        _format_examples(self, formatter)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _command(name: str | None = None, *, examples: Sequence[str]) -> Callable[[_F], _F]:
+    """``app.command``, with the plain help above and the examples that end its --help."""
+    return app.command(name, cls=_Command, epilog="\n".join(examples))
+
 
 _APP_OPTIONS: dict[str, Any] = {
     "name": PROG,
@@ -118,6 +255,8 @@ _APP_OPTIONS: dict[str, Any] = {
     "pretty_exceptions_enable": False,
     "rich_markup_mode": None,
     "context_settings": {"help_option_names": ["-h", "--help"]},
+    "epilog": "offline-cli offline https://cdn.example.com/song.mp3 --id track:42\n"
+    "offline-cli state",
 }
 app = typer.Typer(**_APP_OPTIONS)
 
@@ -645,6 +784,37 @@ def _product_from_name(name: str) -> MediaProduct:
     return MediaProduct(product_type, product_id)
 
 
+def _complete_products(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion: the names of the products in the store that start with
+    ``incomplete`` (and are not on the command line already).
+
+    Read-only and light: the database is opened read-only through the store alone (no engine,
+    no settings, no httpx), and a home or database that does not exist completes nothing and
+    is not created. Completion prints nothing of its own: a store it cannot read completes
+    nothing rather than writing an error into the user's command line.
+    """
+    root = ctx.find_root().params.get("home")
+    home = Path(root).expanduser() if root else default_home()
+    from offline_cli.paths import Layout
+
+    database = Layout(home).database
+    if not database.is_file():
+        return []
+    from offline_cli.store import Store
+
+    try:
+        store = Store(database, busy_timeout_s=1.0, read_only_reason="shell completion")
+        try:
+            keys = store.known_product_keys()
+        finally:
+            store.close()
+    except (OfflineError, OSError):
+        return []
+    given = ctx.params.get("products") or ctx.params.get("product") or []
+    given = {given} if isinstance(given, str) else set(given)
+    return [key for key in keys if key.startswith(incomplete) and key not in given]
+
+
 # A list of products is text, one a line: 64 MiB is hundreds of thousands of long URLs, and
 # far from what an accidental `-i /dev/zero` or a huge log would otherwise read into memory.
 MAX_INPUT_BYTES = 64 << 20
@@ -711,24 +881,45 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Also print log events.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
 Retries = Annotated[
-    int | None, typer.Option("--retries", help="Retries without progress (default 5, 0 to 100).")
+    int | None,
+    typer.Option(
+        "--retries", metavar="N", show_default="5", help="Retries without progress (0 to 100)."
+    ),
 ]
 StallTimeout = Annotated[
-    str | None, typer.Option("--stall-timeout", help="No bytes for this long is an error (30s).")
+    str | None,
+    typer.Option(
+        "--stall-timeout",
+        metavar="DURATION",
+        show_default="30s",
+        help="No bytes for this long is an error.",
+    ),
 ]
 NetworkTimeout = Annotated[
     str | None,
-    typer.Option("--network-timeout", help="How long a paused download waits for its host."),
+    typer.Option(
+        "--network-timeout",
+        metavar="DURATION",
+        show_default="120s",
+        help="How long a paused download waits for its host.",
+    ),
 ]
 Jobs = Annotated[
     int | None,
-    typer.Option("--jobs", "-j", help="Download up to N products at once (default 4, 1 to 64)."),
+    typer.Option(
+        "--jobs",
+        "-j",
+        metavar="N",
+        show_default="4",
+        help="Download up to N products at once (1 to 64).",
+    ),
 ]
 Header = Annotated[
     list[str] | None,
     typer.Option(
         "--header",
         "-H",
+        metavar="HEADER",
         help="Send 'Name: value' to the source's (or the URL's) origin only; may be repeated.",
     ),
 ]
@@ -736,7 +927,9 @@ LimitRate = Annotated[
     str | None,
     typer.Option(
         "--limit-rate",
-        help="Bytes a second for all downloads together: 500k, 2M (K = 1024; default none).",
+        metavar="RATE",
+        show_default="none",
+        help="Bytes a second for all downloads together: 500k, 2M (K = 1024).",
     ),
 ]
 
@@ -745,14 +938,18 @@ StreamQuality = Annotated[
     str | None,
     typer.Option(
         "--quality",
-        help="HLS variant to take: best (highest BANDWIDTH, the default), worst, or a BANDWIDTH.",
+        metavar="QUALITY",
+        show_default="best",
+        help="HLS variant to take: best (highest BANDWIDTH), worst, or a BANDWIDTH.",
     ),
 ]
 MaxBandwidth = Annotated[
     int | None,
     typer.Option(
         "--max-bandwidth",
-        help="HLS: the best variant of at most this many bits a second (else the lowest).",
+        metavar="N",
+        show_default="none",
+        help="HLS: the best variant of at most N bits a second (else the lowest).",
     ),
 ]
 
@@ -791,15 +988,24 @@ def _main(
         str | None,
         typer.Option(
             "--home",
+            metavar="PATH",
             help=f"Home folder of the store (default ${HOME_ENV} or the user data folder).",
         ),
     ] = None,
     log_file: Annotated[
-        str | None, typer.Option("--log-file", help="Append JSON-lines log events to this file.")
+        str | None,
+        typer.Option(
+            "--log-file", metavar="FILE", help="Append JSON-lines log events to this file."
+        ),
     ] = None,
     db_timeout: Annotated[
         str | None,
-        typer.Option("--db-timeout", help="How long to wait for a locked database (e.g. 30s)."),
+        typer.Option(
+            "--db-timeout",
+            metavar="DURATION",
+            show_default="30s",
+            help="How long to wait for a locked database.",
+        ),
     ] = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -826,29 +1032,44 @@ def _main(
 # -- commands --------------------------------------------------------------------------------------
 
 
-@app.command()
+@_command(
+    examples=[
+        "offline-cli offline https://cdn.example.com/song.mp3 --id track:42",
+        "offline-cli offline -j 8 -i urls.txt",
+    ]
+)
 def offline(
     products: Annotated[
-        list[str] | None, typer.Argument(help="URLs or TYPE:ID names (track:42, video:7).")
+        list[str] | None,
+        typer.Argument(
+            metavar="PRODUCT",
+            help="URLs or TYPE:ID names (track:42, video:7).",
+        ),
     ] = None,
     input_files: Annotated[
         list[str] | None,
         typer.Option(
-            "--input", "-i", help="Read one product a line ('-' is stdin); may be repeated."
+            "--input",
+            "-i",
+            metavar="FILE",
+            help="Read one product a line ('-' is stdin); may be repeated.",
         ),
     ] = None,
     product_id: Annotated[
-        str | None, typer.Option("--id", help="Name a single URL as TYPE:ID.")
+        str | None, typer.Option("--id", metavar="TYPE:ID", help="Name a single URL as TYPE:ID.")
     ] = None,
     license_url: Annotated[
-        str | None, typer.Option("--license-url", help="Download this license with the media.")
+        str | None,
+        typer.Option("--license-url", metavar="URL", help="Download this license with the media."),
     ] = None,
     sha256: Annotated[
-        str | None, typer.Option("--sha256", help="Expected SHA-256 of the media.")
+        str | None, typer.Option("--sha256", metavar="HEX", help="Expected SHA-256 of the media.")
     ] = None,
     source: Annotated[
         str | None,
-        typer.Option("--source", help="Playback-info URL template with {type} and {id}."),
+        typer.Option(
+            "--source", metavar="URL", help="Playback-info URL template with {type} and {id}."
+        ),
     ] = None,
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="Exit 3 if another process downloads it.")
@@ -957,9 +1178,14 @@ def _result_printer(failures: list[int]) -> Callable[[ProductResult], None]:
     return report
 
 
-@app.command()
+@_command(examples=["offline-cli state", "offline-cli state --json track:42"])
 def state(
-    products: Annotated[list[str] | None, typer.Argument(help="Products (default: all).")] = None,
+    products: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="PRODUCT", help="Products (default: all).", autocompletion=_complete_products
+        ),
+    ] = None,
     json_out: Json = False,
 ) -> None:
     """Print each product's OfflineState, one line per product."""
@@ -1019,15 +1245,19 @@ def _file_fields(entry: OfflinedEntry, media: str, license_path: str | None) -> 
     }
 
 
-@app.command("path")
+@_command("path", examples=['mpv "$(offline-cli path video:7)"'])
 def path_command(
-    products: Annotated[list[str], typer.Argument(help="Products whose stored media to print.")],
+    products: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="PRODUCT",
+            help="Products whose stored media to print.",
+            autocompletion=_complete_products,
+        ),
+    ],
     json_out: Json = False,
 ) -> None:
-    """Print each product's stored media file (an HLS product: its local playlist).
-
-    Example: mpv "$(offline-cli path video:7)"
-    """
+    """Print each product's stored media file (an HLS product: its local playlist)."""
     code = EXIT_OK
     rows: list[dict[str, Any]] = []
     try:
@@ -1052,21 +1282,27 @@ def path_command(
         raise typer.Exit(code)
 
 
-@app.command("export")
+@_command("export", examples=["offline-cli export track:42 ~/Music/"])
 def export_command(
-    product: Annotated[str, typer.Argument(help="The product to copy out of the store.")],
+    product: Annotated[
+        str,
+        typer.Argument(
+            metavar="PRODUCT",
+            help="The product to copy out of the store.",
+            autocompletion=_complete_products,
+        ),
+    ],
     dest: Annotated[
         str,
-        typer.Argument(help="A file, or a folder to put it in (HLS: the folder to create)."),
+        typer.Argument(
+            metavar="DEST", help="A file, or a folder to put it in (HLS: the folder to create)."
+        ),
     ],
     force: Annotated[bool, typer.Option("--force", help="Replace DEST if it exists.")] = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
-    """Copy a stored product's media to DEST, verified against its recorded SHA-256.
-
-    Example: offline-cli export track:42 ~/Music/
-    """
+    """Copy a stored product's media to DEST, verified against its recorded SHA-256."""
     _set_output(quiet, verbose)
     try:
         wanted = _product_from_name(product)
@@ -1080,9 +1316,14 @@ def export_command(
     _say(f"{wanted.key}: exported to {target} ({how}, verified)")
 
 
-@app.command()
+@_command(examples=["offline-cli delete track:42 video:7"])
 def delete(
-    products: Annotated[list[str], typer.Argument(help="Products to remove.")],
+    products: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="PRODUCT", help="Products to remove.", autocompletion=_complete_products
+        ),
+    ],
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -1110,7 +1351,7 @@ def delete(
     raise typer.Exit(code)
 
 
-@app.command("delete-all")
+@_command("delete-all", examples=["offline-cli delete-all --yes"])
 def delete_all(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     quiet: Quiet = False,
@@ -1138,9 +1379,14 @@ def delete_all(
     _say(f"deleted {count} product(s)")
 
 
-@app.command()
+@_command(examples=["offline-cli resume", "offline-cli resume -j 2 --limit-rate 1M track:42"])
 def resume(
-    products: Annotated[list[str] | None, typer.Argument(help="Products (default: all).")] = None,
+    products: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="PRODUCT", help="Products (default: all).", autocompletion=_complete_products
+        ),
+    ] = None,
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="Skip downloads another process runs (exit 3).")
     ] = False,
@@ -1182,10 +1428,16 @@ def resume(
         raise typer.Exit(max(codes))
 
 
-@app.command()
+@_command(examples=["offline-cli cleanup --dry-run", "offline-cli cleanup --older-than 30d"])
 def cleanup(
     older_than: Annotated[
-        str | None, typer.Option("--older-than", help="Minimum age, e.g. 90s, 30m, 12h, 7d, 0.")
+        str | None,
+        typer.Option(
+            "--older-than",
+            metavar="DURATION",
+            show_default="7d",
+            help="Minimum age, e.g. 90s, 30m, 12h, 0 (the retention setting by default).",
+        ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would go.")] = False,
     json_out: Json = False,
@@ -1213,15 +1465,24 @@ def cleanup(
     )
 
 
-@app.command()
+@_command(examples=["offline-cli -q validate", "offline-cli validate --repair track:42"])
 def validate(
-    products: Annotated[list[str] | None, typer.Argument(help="Products (default: all).")] = None,
+    products: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="PRODUCT", help="Products (default: all).", autocompletion=_complete_products
+        ),
+    ] = None,
     repair: Annotated[
         bool, typer.Option("--repair", help="Download invalid products again.")
     ] = False,
     source: Annotated[
         str | None,
-        typer.Option("--source", help="Playback-info URL template, to renew expired licenses."),
+        typer.Option(
+            "--source",
+            metavar="URL",
+            help="Playback-info URL template, to renew expired licenses.",
+        ),
     ] = None,
     quality: StreamQuality = None,
     max_bandwidth: MaxBandwidth = None,
@@ -1273,11 +1534,12 @@ def validate(
         raise typer.Exit(EXIT_FAILED)
 
 
-@app.command()
+@_command(examples=["offline-cli health --since 7d"])
 def health(
     json_out: Json = False,
     since: Annotated[
-        str | None, typer.Option("--since", help="Only events in this window, e.g. 7d.")
+        str | None,
+        typer.Option("--since", metavar="DURATION", help="Only events in this window, e.g. 7d."),
     ] = None,
 ) -> None:
     """Report recorded download metrics."""
@@ -1335,7 +1597,7 @@ def health(
             console.print(f"  {day} {'+' * min(ok, 50)}{'x' * min(bad, 50)} {ok}/{ok + bad}")
 
 
-@app.command("config")
+@_command("config", examples=["OFFLINE_CLI_RETRIES=8 offline-cli config"])
 def show_config(json_out: Json = False) -> None:
     """Show the effective settings and where each came from."""
     from offline_cli.config import config_file_path, load_settings

@@ -145,6 +145,16 @@ FLAG_NAMES = (
 )
 
 
+def setting_option(setting: str) -> str:
+    """The command-line option that sets ``setting`` (``--stall-timeout``, ``--header``)."""
+    return _OPTION_NAMES.get(setting, f"--{setting.replace('_', '-')}")
+
+
+def setting_env_var(setting: str) -> str:
+    """The environment variable that sets ``setting`` (``OFFLINE_CLI_STALL_TIMEOUT``)."""
+    return ENV_PREFIX + setting.upper()
+
+
 def config_file_path(home: Path | None = None) -> Path:
     """``$OFFLINE_CLI_CONFIG``, else ``HOME/config.toml`` when present, else the platformdirs
     user config folder's ``config.toml``."""
@@ -407,7 +417,7 @@ def load_settings(
             values[key] = _coerce(key, value, f"config file {path}")
             origins[key] = f"config file {path}"
     for name in _FIELD_TYPES:
-        env_name = ENV_PREFIX + name.upper()
+        env_name = setting_env_var(name)
         if env_name in env and env[env_name] != "":
             raw: Any = env[env_name]
             if name == "headers":  # one a line, blank lines ignored
@@ -419,7 +429,6 @@ def load_settings(
     for name, value in (overrides or {}).items():
         if value is None:
             continue
-        option = _OPTION_NAMES.get(name, f"--{name.replace('_', '-')}")
-        values[name] = _coerce(name, value, option)
+        values[name] = _coerce(name, value, setting_option(name))
         origins[name] = "command line"
     return replace(Settings(), **values, origins=origins)
