@@ -1,5 +1,5 @@
 # bash completion for offline-cli: source this file (README.md, "Shell completion").
-# Written by `make completions` (tools/generate.py); offline-cli answers each Tab itself.
+# Written by `make completions` (docs/generate.py); offline-cli answers each Tab itself.
 _offline_cli_completion() {
     local IFS=$'\n' i word cur prefix
     local -a words=("${COMP_WORDS[0]}")

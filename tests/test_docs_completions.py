@@ -28,7 +28,7 @@ from offline_cli.engine import OfflineEngine
 from offline_cli.models import MediaProduct, ProductType, parse_duration
 
 ROOT = Path(__file__).resolve().parents[1]
-GENERATE = ROOT / "tools" / "generate.py"
+GENERATE = ROOT / "docs" / "generate.py"
 DOCS = ROOT / "docs" / "cli.md"
 COMPLETIONS = ROOT / "completions"
 COMMANDS = list(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
