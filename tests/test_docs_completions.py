@@ -365,7 +365,8 @@ try:
     main()
 except SystemExit:
     pass
-sys.stdout.write("\\n" + json.dumps(sorted(sys.modules)) + "\\n")
+loaded = sorted(n for n, m in sys.modules.items() if m is not None)  # None: kept out
+sys.stdout.write("\\n" + json.dumps(loaded) + "\\n")
 """
 # Completion reads the store alone: none of what downloads, nor the engine and its settings.
 NOT_FOR_COMPLETION = {
