@@ -13,9 +13,9 @@ install: $(BIN)/python  ## create .venv and install offline-cli with its test to
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 
 lint:  ## ruff, ruff format, mypy --strict and the import contracts (pyproject.toml)
-	$(BIN)/ruff check offline_cli tests
-	$(BIN)/ruff format --check offline_cli tests
-	$(BIN)/mypy offline_cli
+	$(BIN)/ruff check offline_cli tests docs/demo.py
+	$(BIN)/ruff format --check offline_cli tests docs/demo.py
+	$(BIN)/mypy offline_cli docs/demo.py
 	$(BIN)/lint-imports --no-cache
 
 unit:  ## the test suite without the lint step (a short chaos soak included)
@@ -31,6 +31,10 @@ bench:  ## speed and memory against curl, wget, aria2c and a Python baseline (BE
 
 bench-smoke:  ## every bench section at a tiny size, once: shows it still works (CI runs it)
 	$(BIN)/python bench/run.py --smoke --out bench/results/smoke.json
+
+.PHONY: demo
+demo:  ## offline-cli against a loopback server with injected faults, as a shell transcript (no internet)
+	$(BIN)/python docs/demo.py
 
 completions:  ## regenerate the shell completion scripts
 	for sh in bash zsh fish; do \
