@@ -44,6 +44,10 @@ completions:  ## regenerate the shell completion scripts in completions/
 completions-check:  ## fail when completions/ is not what `make completions` writes (in make test)
 	$(BIN)/python docs/generate.py completions --check
 
+.PHONY: demo
+demo:  ## offline-cli against a loopback server with injected faults, as a shell transcript (no internet)
+	$(BIN)/python docs/demo.py
+
 run:  ## download URL=... into the store (make run URL=https://example.com/file)
 	$(BIN)/offline-cli offline '$(URL)'
 
