@@ -707,7 +707,7 @@ def _read_product_lines(source: str) -> tuple[list[str], array[int]]:
         line = match.group()
         # A comment after whitespace ends the entry (`URL   # note`); a `#` inside a URL
         # (its fragment) is not preceded by whitespace and stays.
-        comment = _TRAILING_COMMENT_RE.search(line)
+        comment = _TRAILING_COMMENT_RE.search(line) if "#" in line else None
         if comment is not None:
             line = line[: comment.start()]
         line = line.strip(" \t\r")
