@@ -21,6 +21,7 @@ import stat
 import sys
 import threading
 import time
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -734,17 +735,32 @@ def _settings(**overrides: Any) -> Settings:
     return load_settings(_globals.home or default_home(), overrides)
 
 
+def _store_exists() -> bool:
+    """Whether the home holds a database (a link there counts: opening it refuses it)."""
+    from offline_cli.paths import Layout
+
+    return os.path.lexists(Layout(_globals.home or default_home()).database)
+
+
 def _engine(
     listener: OfflineEngineListener | None = None,
     settings: Settings | None = None,
     credentials: RequestCredentials | None = None,
+    *,
+    create: bool = True,
     **overrides: Any,
 ) -> OfflineEngine:
+    """The engine of the home; ``create`` False (read commands): a home with no store yet
+    reads as an empty one, and nothing is created."""
     from offline_cli.engine import OfflineEngine
 
     settings = settings or _settings(**overrides)
     engine = OfflineEngine(
-        _globals.home or default_home(), listener, settings=settings, credentials=credentials
+        _globals.home or default_home(),
+        listener,
+        settings=settings,
+        credentials=credentials,
+        create=create,
     )
     _open_engines.append(engine)
     engine.store  # noqa: B018 - open now, so an unusable store fails before any work
@@ -830,7 +846,9 @@ def _read_stdin_capped(limit: int) -> bytes:
     return bytes(data)
 
 
-def _read_product_lines(source: str) -> list[str]:
+def _read_product_lines(source: str) -> tuple[list[str], array[int]]:
+    """The entries of an `-i` list (one a line; blank lines, `#` lines and comments after
+    whitespace skipped) and the line number of each (4 bytes each: a list may be long)."""
     from offline_cli.config import read_capped
 
     try:
@@ -848,17 +866,29 @@ def _read_product_lines(source: str) -> list[str]:
     except ValueError as exc:
         raise UsageError(f"cannot read -i {source}: {exc}") from None
     lines = []
+    numbers = array("I")
     # Only "\n" ends a line: splitlines() and strip() would also split at or drop controls
     # such as U+0085 and U+001E, and a URL holding one must be refused, not cut in two.
     # Matched one at a time: a list of every (blank) line of a 64 MiB file would take GBs.
+    number, counted_to = 1, 0
     for match in _LINE_RE.finditer(text):
-        line = match.group().strip(" \t\r")
+        number += text.count("\n", counted_to, match.start())
+        counted_to = match.start()
+        line = match.group()
+        # A comment after whitespace ends the entry (`URL   # note`); a `#` inside a URL
+        # (its fragment) is not preceded by whitespace and stays.
+        comment = _TRAILING_COMMENT_RE.search(line) if "#" in line else None
+        if comment is not None:
+            line = line[: comment.start()]
+        line = line.strip(" \t\r")
         if line and not line.startswith("#"):
             lines.append(line)
-    return lines
+            numbers.append(number)
+    return lines, numbers
 
 
 _LINE_RE = re.compile(r"[^\n]+")
+_TRAILING_COMMENT_RE = re.compile(r"[ \t]#")
 
 
 def _duration(text: str | None, option: str, within: str | None = None) -> float | None:
@@ -1089,11 +1119,23 @@ def offline(
     _set_output(quiet, verbose)
     try:
         names = list(products or [])
+        # Each -i list: where its names start in ``names``, its name, their line numbers.
+        lists: list[tuple[int, str, array[int]]] = []
         for input_file in input_files or []:
-            names += _read_product_lines(input_file)
+            lines, numbers = _read_product_lines(input_file)
+            lists.append((len(names), "<stdin>" if input_file == "-" else input_file, numbers))
+            names += lines
         if not names:
             raise UsageError("no product given", hint="offline URL... or offline -i FILE")
-        parsed = _parse_offline_products(names, product_id, license_url, sha256)
+
+        def place_of(index: int) -> str | None:
+            """Where ``names[index]`` was read ("list.txt:3"); None: on the command line."""
+            for start, shown, numbers in reversed(lists):
+                if index >= start:
+                    return f"{shown}:{numbers[index - start]}"
+            return None
+
+        parsed = _parse_offline_products(names, product_id, license_url, sha256, place_of)
         overrides = _transfer_overrides(retries, stall_timeout, network_timeout, jobs, limit_rate)
         overrides |= _stream_overrides(quality, max_bandwidth)
         settings = _settings(source=source, headers=header, **overrides)
@@ -1101,7 +1143,10 @@ def offline(
         from offline_cli.config import load_credentials
         from offline_cli.engine import OfflineEngine
 
-        OfflineEngine.check_resolvable_with(settings, parsed)
+        if not _store_exists():
+            # A product named without a URL can only be one the store knows: with no store
+            # yet, refuse it before one is created (the engine asks the store otherwise).
+            OfflineEngine.check_resolvable_with(settings, parsed)
         credentials = load_credentials(settings)
         with _reporting(len(parsed)) as reporter:
             engine = _engine(reporter, settings, credentials)
@@ -1113,16 +1158,27 @@ def offline(
 
 
 def _parse_offline_products(
-    names: Sequence[str], product_id: str | None, license_url: str | None, sha256: str | None
+    names: Sequence[str],
+    product_id: str | None,
+    license_url: str | None,
+    sha256: str | None,
+    place_of: Callable[[int], str | None] = lambda index: None,
 ) -> list[MediaProduct]:
-    """Check every name before anything is downloaded: bad input changes nothing."""
+    """Check every name before anything is downloaded: bad input changes nothing.
+    ``place_of(i)``: where the i-th name was read (``list.txt:3``), named by its error."""
     single_only = (product_id, license_url, sha256)
     if any(v is not None for v in single_only) and len(names) != 1:
         raise UsageError("--id, --license-url and --sha256 apply to exactly one product")
     parsed: list[MediaProduct] = []
     seen: set[str] = set()
-    for name in names:
-        product = _product_from_name(name)
+    for index, name in enumerate(names):
+        try:
+            product = _product_from_name(name)
+        except UsageError as exc:
+            place = place_of(index)
+            if place is None:
+                raise
+            raise UsageError(f"{place}: {exc.message}", hint=exc.hint) from None
         if product_id is not None:
             if product.url is None:
                 raise UsageError("--id names a URL; give a URL with it")
@@ -1191,7 +1247,7 @@ def state(
     """Print each product's OfflineState, one line per product."""
     try:
         wanted = [_product_from_name(n) for n in products] if products else None
-        engine = _engine()
+        engine = _engine(create=False)
         reader = engine.reader()
         rows = []
         statuses = engine.product_statuses(wanted, with_downloads=json_out)
@@ -1262,7 +1318,7 @@ def path_command(
     rows: list[dict[str, Any]] = []
     try:
         parsed = [_product_from_name(n) for n in products]
-        engine = _engine()
+        engine = _engine(create=False)
         for product in parsed:
             try:
                 stored = engine.stored_product(product)
@@ -1308,7 +1364,7 @@ def export_command(
         wanted = _product_from_name(product)
         if not dest.strip():
             raise UsageError("DEST: empty path", hint="name a file or a folder")
-        engine = _engine()
+        engine = _engine(create=False)
         target, how = engine.export_product(wanted, Path(dest).expanduser(), force=force)
     except OfflineError as exc:
         _fail(exc)
@@ -1368,8 +1424,9 @@ def delete_all(
         except typer.Abort:  # end of input at the prompt: a no, not an interrupt
             confirmed = False
         if not confirmed:
-            _print_error("nothing deleted")
-            raise typer.Exit(EXIT_USAGE)
+            # Declining is an answer, not a mistake: not an error line, not bad usage.
+            _say("nothing deleted")
+            raise typer.Exit(EXIT_FAILED)
     try:
         engine = _engine()
         count = len(engine.store.known_product_keys())
@@ -1448,7 +1505,7 @@ def cleanup(
     _set_output(quiet, verbose)
     try:
         age = _duration(older_than, "--older-than", within="retention")
-        engine = _engine()
+        engine = _engine(create=not dry_run)
         report = engine.perform_maintenance_cleanup(age, dry_run=dry_run)
     except OfflineError as exc:
         _fail(exc)
@@ -1504,7 +1561,8 @@ def validate(
 
         credentials = load_credentials(settings) if repair else None
         with _reporting() as reporter:
-            engine = _engine(reporter, settings, credentials)
+            # A home with no store has nothing to check, nor to repair: nothing is created.
+            engine = _engine(reporter, settings, credentials, create=False)
             results = engine.validate_downloads(
                 wanted, repair=repair, on_progress=reporter.validation_progress
             )
@@ -1545,7 +1603,7 @@ def health(
     """Report recorded download metrics."""
     try:
         window = _duration(since, "--since", within="retention")
-        engine = _engine()
+        engine = _engine(create=False)
         report = engine.get_download_health(window)
     except OfflineError as exc:
         _fail(exc)

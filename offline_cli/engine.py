@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import os
 import random
 import shutil
 import threading
@@ -89,6 +90,14 @@ class ProductResult:
 ResumeResult = ProductResult  # the name of earlier releases
 
 
+def _unresolvable(product: MediaProduct) -> UsageError:
+    return UsageError(
+        f"no URL and no playback-info source for {product.key}, and the store does not know it",
+        product=product.key,
+        hint="give a URL, --source TEMPLATE, $OFFLINE_CLI_SOURCE or `source` in config",
+    )
+
+
 class OfflineEngine:
     """The offline store of one home folder, and everything that downloads into it."""
 
@@ -107,6 +116,7 @@ class OfflineEngine:
         network_monitor: NetworkMonitor | None = None,
         fault_hook: FaultHook | None = None,
         credentials: RequestCredentials | None = None,
+        create: bool = True,
     ) -> None:
         """``sleep`` None waits on each download's cancel event (so a cancel or Ctrl-C ends
         a backoff at once); tests inject a fake sleep and clock. ``fault_hook`` is a test
@@ -117,6 +127,9 @@ class OfflineEngine:
 
         ``credentials`` (headers and bearer token for the trusted origin, auth.py) None:
         from ``settings`` and ``$OFFLINE_CLI_TOKEN``, read when the first download starts.
+
+        ``create`` False (read commands): a home without a database is read as an empty
+        store, and nothing is created on disk (no home folder, database or locks).
         """
         self.layout = Layout(Path(home).expanduser() if home is not None else default_home())
         self.settings = settings if settings is not None else load_settings(self.layout.home)
@@ -131,6 +144,7 @@ class OfflineEngine:
         self._network_monitor = network_monitor
         self._fault = fault_hook  # None: runtime.no_faults
         self._store: Store | None = None
+        self._create = create
         self._runtime: Runtime | None = None
         self._maintenance_checked = False
         self._http: HttpClient | None = None
@@ -171,6 +185,14 @@ class OfflineEngine:
         A full disk or a read-only home must not stop `state`, `health` or `validate`; a
         command that writes then fails at its first write, naming why.
         """
+        if not self._create and not self._has_database():
+            return Store(
+                self.layout.database,
+                busy_timeout_s=self.settings.db_timeout,
+                clock=self._clock,
+                read_only_reason=f"there is no store in {self.layout.home} yet",
+                in_memory=True,
+            )
         try:
             self.layout.ensure()
             return Store(
@@ -189,6 +211,14 @@ class OfflineEngine:
                 )
             except StorageError:
                 raise exc from None
+
+    def _has_database(self) -> bool:
+        """Whether the home holds a database; a home that is not a folder, or a link where
+        the database goes, counts (opening it says what is wrong)."""
+        home, database = self.layout.home, self.layout.database
+        if not os.path.lexists(home):
+            return False
+        return not os.path.isdir(home) or os.path.lexists(database)
 
     def _read_only_reason(self) -> str | None:
         return self._store.read_only_reason if self._store is not None else None
@@ -408,7 +438,8 @@ class OfflineEngine:
 
         from offline_cli.runtime import RunInterrupted
 
-        self.check_resolvable([product])  # bad input changes nothing: check before any work
+        # Bad input changes nothing: checked (and a stored product's URLs found) first.
+        product = self.with_stored_urls(product)
         self.maybe_run_maintenance()
         try:
             lock = self.locks.lock(product.key)
@@ -576,18 +607,34 @@ class OfflineEngine:
         return BusyError(f"another process is downloading it{pid}", product=product_key, hint=hint)
 
     def check_resolvable(self, products: Sequence[MediaProduct]) -> None:
-        """UsageError when a product has no URL and there is no playback-info source."""
-        self.check_resolvable_with(self.settings, products)
+        """UsageError when a product has no URL, there is no playback-info source, and the
+        store does not know the product either."""
+        for product in products:
+            self.with_stored_urls(product)
+
+    def with_stored_urls(self, product: MediaProduct) -> MediaProduct:
+        """``product`` itself when it has a URL or the playback-info source resolves it;
+        else the product with the URLs the store remembers (of its stored copy or its
+        download), so a stored product's name is enough to continue or check it."""
+        if product.url is not None or self.settings.source is not None:
+            return product
+        known = self.reader().known_product(product.key)
+        if known is None or known.url is None:
+            raise _unresolvable(product)
+        # What the command line said of it wins over what the store remembers.
+        return dataclasses.replace(
+            known,
+            license_url=product.license_url or known.license_url,
+            sha256=product.sha256 or known.sha256,
+        )
 
     @staticmethod
     def check_resolvable_with(settings: Settings, products: Sequence[MediaProduct]) -> None:
+        """UsageError for the first product without a URL when there is no playback-info
+        source (the store is not asked: see ``check_resolvable``)."""
         for product in products:
             if product.url is None and settings.source is None:
-                raise UsageError(
-                    f"no URL and no playback-info source for {product.key}",
-                    product=product.key,
-                    hint="give a URL, --source TEMPLATE, $OFFLINE_CLI_SOURCE or `source` in config",
-                )
+                raise _unresolvable(product)
 
     def _check_expected_sha256(self, product: MediaProduct) -> None:
         """An already stored product must still match a --sha256 the user gave now."""

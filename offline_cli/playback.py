@@ -20,7 +20,13 @@ from offline_cli.errors import (
 )
 from offline_cli.models import MAX_URL_CHARS, MediaProduct, check_sha256, check_url, shorten
 from offline_cli.redaction import has_controls
-from offline_cli.transfer import host_of, raise_for_status, trusted_extensions, wrap_http_error
+from offline_cli.transfer import (
+    host_of,
+    raise_for_status,
+    status_text,
+    trusted_extensions,
+    wrap_http_error,
+)
 
 HLS_MIME_TYPES = ("application/vnd.apple.mpegurl", "application/x-mpegurl", "audio/mpegurl")
 
@@ -224,8 +230,8 @@ def fetch_playback_info(
                 )
             if response.status_code in (401, 403):
                 raise HTTPStatusError(
-                    f"the playback-info source refused: HTTP {response.status_code} "
-                    f"{response.reason_phrase} from {host_of(url)}",
+                    f"the playback-info source refused: {status_text(response)} "
+                    f"from {host_of(url)}",
                     status=response.status_code,
                     product=product.key,
                     url=url,

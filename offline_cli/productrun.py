@@ -12,7 +12,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from offline_cli.errors import ChecksumMismatch, DownloadError, NetworkError, PermanentError
+from offline_cli.errors import (
+    ChecksumMismatch,
+    DownloadCancelled,
+    DownloadError,
+    NetworkError,
+    PermanentError,
+)
 from offline_cli.listener import OfflineEngineListener
 from offline_cli.models import DownloadEntry, DownloadState, MediaProduct, OfflinedEntry
 from offline_cli.paths import PRIVATE_DIR_MODE, Layout, fsync_dir, safe_remove
@@ -346,9 +352,16 @@ class ProductRun(OfflineEngineListener):
         if self.coordination.state is not CoordinationState.WAITING_FOR_LICENSE:
             return None
         assert self.product.license_url and self.entry.partial_license_path
-        result = self._transfer(
-            "license", self.product.license_url, Path(self.entry.partial_license_path)
-        )
+        try:
+            result = self._transfer(
+                "license", self.product.license_url, Path(self.entry.partial_license_path)
+            )
+        except DownloadCancelled:
+            raise  # a delete from another process: nothing to do with the license
+        except DownloadError as exc:
+            # As media errors name their host, and so the license's is not taken for the
+            # media's: "track:42: license: HTTP 404 Not Found from license.example.com".
+            raise exc.within("license") from exc.__cause__
         self.coordination.advance(CoordinationState.WAITING_FOR_MEDIA)
         return result
 

@@ -234,22 +234,33 @@ class StoreReader:
 
     def product_for_key(self, key: str) -> MediaProduct:
         """The product a stored key names, with the URLs the store remembers."""
+        known = self.known_product(key)
+        if known is not None:
+            return known
+        if "://" in key:
+            return MediaProduct(ProductType.FILE, key, url=self._vault().reveal(key))
+        type_name, _, product_id = key.partition(":")
+        return MediaProduct(ProductType(type_name), product_id)
+
+    def known_product(self, key: str) -> MediaProduct | None:
+        """The product ``key`` names, with the URLs the store remembers (of its stored copy,
+        else of its latest download); None when the store has neither."""
         offlined = self.store.get_offlined(key)
         if offlined is not None:
+            expires = offlined.license_expires_at
             return MediaProduct(
                 offlined.product_type,
                 offlined.product_id,
                 url=self._vault().reveal(offlined.source_url),
                 license_url=self._vault().reveal(offlined.license_url),
+                # Kept, so fetching the same license again cannot make it look unexpired.
+                license_expires_at=datetime.fromtimestamp(expires, UTC) if expires else None,
                 hls=offlined.is_hls,
             )
         download = self.store.latest_download(key)
         if download is not None:
             return self.product_to_resume(download)
-        if "://" in key:
-            return MediaProduct(ProductType.FILE, key, url=self._vault().reveal(key))
-        type_name, _, product_id = key.partition(":")
-        return MediaProduct(ProductType(type_name), product_id)
+        return None
 
     def resumable_products(self, products: Sequence[MediaProduct] | None) -> list[MediaProduct]:
         """Interrupted, paused and retryable failed downloads (of ``products``, else all)."""

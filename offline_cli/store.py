@@ -587,6 +587,8 @@ class Store:
 
     ``read_only_reason`` opens it read-only instead (the home is read-only or its disk is
     full): reads work, and any write raises StoreUnwritable with that reason.
+    ``in_memory`` (with a ``read_only_reason``) reads an empty store that stands for a
+    database not created yet, and creates nothing on disk.
     """
 
     def __init__(
@@ -596,6 +598,7 @@ class Store:
         busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
         clock: Callable[[], float] = time.time,
         read_only_reason: str | None = None,
+        in_memory: bool = False,
     ) -> None:
         self.path = path
         self.clock = clock
@@ -607,8 +610,11 @@ class Store:
         self._db = self._database(busy_timeout_s, immutable=False)
         self._tables: _Tables | None = None
         self._write_lock = threading.RLock()
+        self._keeper: sqlite3.Connection | None = None
         with self._errors():
-            if read_only_reason is None:
+            if in_memory:
+                self._open_in_memory(busy_timeout_s)
+            elif read_only_reason is None:
                 self._open(busy_timeout_s)
             else:
                 self._open_read_only(busy_timeout_s)
@@ -651,6 +657,23 @@ class Store:
             pragmas={"busy_timeout": int(busy_timeout_s * 1000)},
             timeout=busy_timeout_s,
             uri=True,
+        )
+
+    def _open_in_memory(self, busy_timeout_s: float) -> None:
+        """An empty database of the current schema in memory, shared by this store's
+        connections (one per thread) and read-only to them: a read command on a home with
+        no store yet reads nothing, and any write fails as on a read-only store."""
+        uri = f"file:offline-cli-{id(self)}?mode=memory&cache=shared"
+        self._db = peewee.SqliteDatabase(uri, uri=True)
+        self._migrate()
+        # An in-memory database lives while a connection to it is open: the one that made
+        # the schema is kept (here, not only in its thread's state) for the store's life.
+        self._keeper = self._db.connection()
+        self._db = peewee.SqliteDatabase(
+            uri,
+            uri=True,
+            pragmas={"query_only": 1, "busy_timeout": int(busy_timeout_s * 1000)},
+            timeout=busy_timeout_s,
         )
 
     def _open_read_only(self, busy_timeout_s: float) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import http
 import os
 import queue
 import re
@@ -215,6 +216,24 @@ class _SchemeTransport(httpx.BaseTransport):
 
 def host_of(url: str) -> str:
     return urlsplit(url).hostname or url
+
+
+# A reason phrase no standard names (an unregistered status) is shown cut to this length.
+_REASON_CHARS = 40
+_NOT_PRINTABLE_RE = re.compile(r"[^\x20-\x7e]+")
+
+
+def status_text(response: httpx.Response) -> str:
+    """``HTTP 404 Not Found``: the standard phrase of the status, whatever the server sent
+    (a hostile server may send anything, and some send their own: "File not found"); for a
+    status with no standard phrase, the server's, printable ASCII only and short."""
+    status = response.status_code
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        sent = _NOT_PRINTABLE_RE.sub(" ", response.reason_phrase or "")
+        phrase = " ".join(sent.split())[:_REASON_CHARS].rstrip()
+    return f"HTTP {status} {phrase}" if phrase else f"HTTP {status}"
 
 
 # Origin (host, port) of each open connection of each client, so a deadline can cut the
@@ -790,7 +809,7 @@ class Transfer:
         if status != 200:
             raise self._error(
                 UnknownDownloadError,
-                f"unexpected HTTP {status} {response.reason_phrase} from {host_of(self.url)}",
+                f"unexpected {status_text(response)} from {host_of(self.url)}",
             )
         total = self._content_length(response)
         if offset and self._same_version(response, total):
@@ -1201,7 +1220,7 @@ def raise_for_status(response: httpx.Response, url: str, product: str | None) ->
     status = response.status_code
     if status < 400:
         return
-    where = f"HTTP {status} {response.reason_phrase} from {host_of(url)}"
+    where = f"{status_text(response)} from {host_of(url)}"
     if status == 429 or status >= 500:
         raise ServerError(
             where,

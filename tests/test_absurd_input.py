@@ -92,7 +92,7 @@ def _serve_info(httpserver: HTTPServer, info: object | bytes, **response: object
 
 def test_metric_table_name_is_what_this_file_queries(cli, home: Path) -> None:
     """Guards the SQL below: an empty query result must mean "nothing recorded"."""
-    assert cli("state").exit_code == 0
+    assert cli("cleanup").exit_code == 0  # creates the store (`state` only reads)
     tables = {row[0] for row in _rows(home, "SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"download_entries", "offlined_entries", "metric_events"} <= tables
 

@@ -370,7 +370,7 @@ def test_database_companions_are_owner_only_while_open(
 
 
 def test_an_older_release_database_is_made_owner_only(cli, home: Path, umask: int) -> None:
-    assert cli("state").exit_code == 0
+    assert cli("cleanup").exit_code == 0  # creates the store (`state` only reads)
     os.chmod(home / "offline.db", 0o644)
 
     assert cli("state").exit_code == 0
