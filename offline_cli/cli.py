@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from offline_cli.config import Settings
     from offline_cli.engine import OfflineEngine, ProductResult
     from offline_cli.export import StoredProduct
+    from offline_cli.maintenance import CleanupItem
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY, EXIT_STORAGE = 0, 1, 2, 3, 4
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
@@ -453,7 +454,10 @@ class _LogFileHandler(logging.FileHandler):
             )
 
 
-def _setup_logging(verbose: bool, log_file: str | None) -> None:
+def _setup_logging(verbose: bool, log_file: str | None, place: str = "--log-file") -> None:
+    """Log events to stderr (-v) and to ``log_file``; ``place`` is where the log file was
+    named (``--log-file``, ``$OFFLINE_CLI_LOG_FILE``, ``log_file in config file …``), for
+    the hint when it cannot be written."""
     logger = logging.getLogger("offline_cli")
     logger.handlers.clear()
     logger.propagate = False
@@ -481,7 +485,7 @@ def _setup_logging(verbose: bool, log_file: str | None) -> None:
                 if exc.errno == errno.ENXIO:
                     raise ConfigError(
                         f"cannot write log file {log_file}: a FIFO nobody reads",
-                        hint="start its reader first, or give --log-file a file",
+                        hint=f"start its reader first, or set {place} to a file",
                     ) from None
                 raise
             try:
@@ -492,13 +496,13 @@ def _setup_logging(verbose: bool, log_file: str | None) -> None:
                 # A block device (a disk) would be overwritten line by line.
                 raise ConfigError(
                     f"cannot write log file {log_file}: not a file, a pipe or a terminal",
-                    hint="give --log-file a file (or /dev/stderr)",
+                    hint=f"set {place} to a file (or /dev/stderr)",
                 )
             file_handler = _LogFileHandler(log_file, mode="a", encoding="utf-8")
         except OSError as exc:
             raise ConfigError(
                 f"cannot write log file {log_file}: {exc.strerror or exc}",
-                hint="give a writable path to --log-file",
+                hint=f"set {place} to a writable path",
             ) from None
         file_handler.setFormatter(_JsonLines())
         logger.addHandler(file_handler)
@@ -532,6 +536,11 @@ class _Reporter(OfflineEngineListener):
         self._expected = 0
         self._finished = 0
         self._failed = 0
+        # Piped: when each product's last progress line was printed, and its 10 % step then;
+        # and the first byte report (time, bytes), which its speed is measured from.
+        self._line_at: dict[str, float] = {}
+        self._line_step: dict[str, int] = {}
+        self._first_report: dict[str, tuple[float, int]] = {}
 
     def expect(self, count: int) -> None:
         """How many products this command will report on: the overall row counts them."""
@@ -579,6 +588,30 @@ class _Reporter(OfflineEngineListener):
             if self.progress is not None and product.key in self.tasks:
                 self.progress.update(self.tasks[product.key], completed=done, total=total)
                 self._update_overall()
+            elif self.progress is None and not _output.quiet:
+                self._piped_progress(product.key, done, total)
+
+    def _piped_progress(self, key: str, done: int, total: int | None) -> None:
+        """A plain progress line when piped (a long download in CI must not look hung): at
+        each new 10 % step, or after PIPED_PROGRESS_INTERVAL_S without a line, never more
+        often; not at 100 % (the "done" line follows)."""
+        now = time.monotonic()
+        step = done * 10 // total if total else -1
+        first = self._first_report.setdefault(key, (now, done))
+        last_at = self._line_at.setdefault(key, self.started_at.get(key, first[0]))
+        last_step = self._line_step.setdefault(key, step)
+        if total is not None and done >= total:
+            return
+        if step <= last_step and now - last_at < PIPED_PROGRESS_INTERVAL_S:
+            return
+        self._line_at[key], self._line_step[key] = now, max(step, last_step)
+        shown = human_bytes(done)
+        if total:
+            shown = f"{done * 100 // total}% {shown} of {human_bytes(total)}"
+        elapsed = now - first[0]
+        if elapsed > 0 and done > first[1]:
+            shown += f", {human_bytes((done - first[1]) / elapsed)}/s"
+        _say(f"{key}: {shown}")
 
     def offlining_paused(self, product: MediaProduct, reason: str) -> None:
         self._note(product, f"paused, {reason}")
@@ -645,6 +678,51 @@ class _Reporter(OfflineEngineListener):
                 self.progress.console.print(escape_controls(line), highlight=False, markup=False)
             else:
                 _say(line)
+
+
+# Piped, a download prints a progress line at each 10 % step or after this long without one.
+PIPED_PROGRESS_INTERVAL_S = 10.0
+
+
+class _Summary:
+    """What a run of several products did, for its last line: ``3 done, 1 failed, 2
+    skipped, 1.2 GB in 1m04s`` (the bytes are the sizes of the products it downloaded)."""
+
+    def __init__(self, reporter: _Reporter) -> None:
+        self.reporter = reporter
+        self.started = time.monotonic()
+        self.done = self.failed = self.skipped = self.bytes = 0
+
+    def add(self, result: ProductResult) -> None:
+        from offline_cli.engine import Outcome
+
+        if isinstance(result.error, BusyError):
+            self.skipped += 1  # --no-wait: left to the process that has it
+        elif result.error is not None:
+            if not isinstance(result.error, DownloadInterrupted):
+                self.failed += 1
+        elif result.outcome is Outcome.DOWNLOADED:
+            self.done += 1
+            self.bytes += self.reporter.bytes.get(result.product.key, 0)
+        else:  # already offline, or downloaded by another process: nothing fetched here
+            self.skipped += 1
+
+    def say(self) -> None:
+        took = _duration_text(time.monotonic() - self.started)
+        _say(
+            f"{self.done} done, {self.failed} failed, {self.skipped} skipped, "
+            f"{human_bytes(self.bytes)} in {took}"
+        )
+
+
+def _duration_text(seconds: float) -> str:
+    """``4.2s``, ``1m04s``, ``2h05m``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 # A progress row's name is cut to this many characters (a signed URL can be hundreds): a
@@ -765,7 +843,11 @@ def _engine(
     _open_engines.append(engine)
     engine.store  # noqa: B018 - open now, so an unusable store fails before any work
     # After the store: a log file inside a new home folder can be created now.
-    _setup_logging(_output.verbose, settings.log_file)
+    origin = settings.origin("log_file")
+    place = {"command line": "--log-file", "default": "--log-file"}.get(origin, origin)
+    if origin.startswith("config file"):
+        place = f"log_file in {origin}"
+    _setup_logging(_output.verbose, settings.log_file, place)
     return engine
 
 
@@ -1150,7 +1232,10 @@ def offline(
         credentials = load_credentials(settings)
         with _reporting(len(parsed)) as reporter:
             engine = _engine(reporter, settings, credentials)
-            failures = _offline_all(engine, parsed, wait=not no_wait)
+            summary = _Summary(reporter)
+            failures = _offline_all(engine, parsed, wait=not no_wait, summary=summary)
+        if len(parsed) > 1:
+            summary.say()
     except OfflineError as exc:
         _fail(exc)
     if failures:
@@ -1206,21 +1291,30 @@ def _parse_offline_products(
 
 
 def _offline_all(
-    engine: OfflineEngine, products: Sequence[MediaProduct], *, wait: bool
+    engine: OfflineEngine,
+    products: Sequence[MediaProduct],
+    *,
+    wait: bool,
+    summary: _Summary | None = None,
 ) -> list[int]:
     """Download ``products`` (up to ``jobs`` at once); the exit codes of those that failed."""
     failures: list[int] = []
-    engine.offline_products(products, wait=wait, on_result=_result_printer(failures))
+    engine.offline_products(products, wait=wait, on_result=_result_printer(failures, summary))
     return failures
 
 
-def _result_printer(failures: list[int]) -> Callable[[ProductResult], None]:
-    """Print each product's outcome as it comes; collect the exit codes of failures."""
+def _result_printer(
+    failures: list[int], summary: _Summary | None = None
+) -> Callable[[ProductResult], None]:
+    """Print each product's outcome as it comes; collect the exit codes of failures (and
+    count the outcomes in ``summary``)."""
 
     from offline_cli.engine import Outcome
 
     def report(result: ProductResult) -> None:
         key = result.product.key
+        if summary is not None:
+            summary.add(result)
         if result.error is not None:
             if isinstance(result.error, DownloadInterrupted):
                 return  # the command itself ends 130/143 with the PAUSED note
@@ -1478,7 +1572,9 @@ def resume(
                 _say("nothing to resume")
                 return
             reporter.expect(len(todo))
-            engine.resume(wanted, wait=not no_wait, on_result=_result_printer(codes))
+            summary = _Summary(reporter)
+            engine.resume(wanted, wait=not no_wait, on_result=_result_printer(codes, summary))
+        summary.say()
     except OfflineError as exc:
         _fail(exc)
     if codes:
@@ -1513,13 +1609,60 @@ def cleanup(
         _data(json.dumps(report.to_dict(), indent=2))
         return
     verb = "would remove" if dry_run else "removed"
-    for item in report.items:
-        what = item.path or f"entry of {item.product_key}"
-        _data(f"{verb} {item.kind}: {what} ({human_bytes(item.bytes)})")
-    _say(
-        f"{verb} {report.files_removed} file(s) and {report.entries_removed} entr(y/ies), "
-        f"{human_bytes(report.bytes_reclaimed)}"
-    )
+    if not _output.quiet:  # -q: errors only, so a cron job mails only when cleanup fails
+        now = time.time()
+        for item in report.items:
+            _data(f"{verb}: {_cleanup_line(item, now)}")
+    if not report.items:
+        _say(f"{verb} nothing")
+        return
+    parts = [
+        _count(n, word)
+        for n, word in ((report.files_removed, "file"), (report.entries_removed, "entry"))
+        if n
+    ]
+    _say(f"{verb} {' and '.join(parts)}, {human_bytes(report.bytes_reclaimed)}")
+
+
+def _count(n: int, word: str) -> str:
+    """``1 file``, ``2 files``, ``1 entry``, ``3 entries``."""
+    if n == 1:
+        return f"1 {word}"
+    if word.endswith("y") and word[-2:-1] not in ("a", "e", "o", "u"):
+        return f"{n} {word[:-1]}ies"  # entries, but days
+    return f"{n} {word}s"
+
+
+def _age(seconds: float) -> str:
+    """How old something is, in the largest unit that fits: ``12 days old``."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            return f"{_count(int(seconds // size), unit)} old"
+    return "less than a minute old"
+
+
+# How cleanup names an entry by its download state.
+_ENTRY_STATES = {
+    "PENDING": "pending",
+    "IN_PROGRESS": "interrupted",
+    "PAUSED": "paused",
+    "FAILED": "failed",
+    "CANCELLED": "cancelled",
+}
+
+
+def _cleanup_line(item: CleanupItem, now: float) -> str:
+    """What a cleanup line says after its verb: the product (an entry) or the path (a
+    file), then what it is, its size and age."""
+    age = [] if item.modified_at is None else [_age(max(0.0, now - item.modified_at))]
+    if item.kind == "entry":
+        what = f"{_ENTRY_STATES.get(item.state or '', 'unreadable')} entry"
+        return f"{item.product_key} ({', '.join([what, *age])})"
+    if item.kind == "partial":
+        what = f"partial data of {item.product_key}"
+    else:
+        what = "orphaned folder" if item.folder else "orphaned file"
+    return f"{item.path} ({', '.join([what, human_bytes(item.bytes), *age])})"
 
 
 @_command(examples=["offline-cli -q validate", "offline-cli validate --repair track:42"])
@@ -1658,7 +1801,7 @@ def health(
 @_command("config", examples=["OFFLINE_CLI_RETRIES=8 offline-cli config"])
 def show_config(json_out: Json = False) -> None:
     """Show the effective settings and where each came from."""
-    from offline_cli.config import config_file_path, load_settings
+    from offline_cli.config import config_file_path, format_setting, load_settings
 
     try:
         home = _globals.home or default_home()
@@ -1667,12 +1810,16 @@ def show_config(json_out: Json = False) -> None:
     except OfflineError as exc:
         _fail(exc)
     items = settings.public_items()
+    config_file = config_file_path(home)
+    found = config_file.exists()
     if json_out:
+        # Machine values: durations in seconds, rates in bytes a second, null when unset.
         _data(
             json.dumps(
                 {
                     "home": str(home),
-                    "config_file": str(config_file_path(home)),
+                    "config_file": str(config_file),
+                    "config_file_exists": found,
                     "settings": {n: {"value": v, "origin": o} for n, v, o in items},
                 },
                 indent=2,
@@ -1680,9 +1827,9 @@ def show_config(json_out: Json = False) -> None:
         )
         return
     _data(f"home\t{home}")
-    _data(f"config_file\t{config_file_path(home)}")
+    _data(f"config_file\t{config_file}" + ("" if found else "\t(not found; defaults apply)"))
     for name, value, origin in items:
-        _data(f"{name}\t{value}\t({origin})")
+        _data(f"{name}\t{format_setting(name, value)}\t({origin})")
 
 
 # -- entry point ---------------------------------------------------------------------------------

@@ -133,6 +133,8 @@ SETTING_RANGES: dict[str, tuple[float, float]] = {
 }
 # Settings written as a byte rate (``500k``, ``2M``; K = 1024 as curl counts).
 _RATES = {"limit_rate"}
+# Settings that name a file.
+_PATHS = {"log_file", "token_file"}
 # A setting's command-line option where it is not ``--`` + its name.
 _OPTION_NAMES = {"headers": "--header"}
 # A token is a line of text: a few KiB for the longest JWTs.
@@ -169,14 +171,40 @@ def config_file_path(home: Path | None = None) -> Path:
     return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False)) / CONFIG_FILE_NAME
 
 
-def format_seconds(seconds: float) -> str:
-    """A duration as the config takes it: ``1d``, ``5m``, ``0.1s``."""
+def format_seconds(seconds: float, *, weeks: bool = True) -> str:
+    """A duration as the config takes it: ``1d``, ``5m``, ``0.1s`` (``7d`` without
+    ``weeks``)."""
     if not math.isfinite(seconds):
         return str(seconds)
     for unit, size in (("w", 7 * _DAY), ("d", _DAY), ("h", _HOUR), ("m", _MINUTE)):
+        if unit == "w" and not weeks:
+            continue
         if seconds >= size and seconds % size == 0:
             return f"{seconds / size:.10g}{unit}"
     return f"{seconds:.10g}s"
+
+
+def format_rate(rate: int) -> str:
+    """A byte rate as ``--limit-rate`` takes it: ``500k``, ``2M``, ``1g`` (K = 1024), else
+    plain bytes."""
+    for unit, size in (("g", 1 << 30), ("M", 1 << 20), ("k", 1 << 10)):
+        if rate >= size and rate % size == 0:
+            return f"{rate // size}{unit}"
+    return str(rate)
+
+
+def format_setting(name: str, value: Any) -> str:
+    """A setting's value as a user writes it in the config file or the environment (``7d``,
+    ``30s``, ``500k``, ``on``), or ``unset``: what `config` prints."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if name in _DURATIONS and isinstance(value, int | float):
+        return format_seconds(value, weeks=False)
+    if name in _RATES and isinstance(value, int):
+        return format_rate(value)
+    return str(value)
 
 
 def describe_range(name: str) -> str:
@@ -305,8 +333,29 @@ def check_source_template(template: str) -> str:
     return template
 
 
+def _shown(value: Any) -> str:
+    """A value as the user wrote it: a string quoted, a TOML number or boolean bare."""
+    if isinstance(value, str):
+        return repr(shorten(value))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return shorten(str(value))
+
+
+class _Invalid(Exception):
+    """A value of the wrong kind: ``what`` it is not, and a hint of what it may be."""
+
+    def __init__(self, what: str, value: Any, hint: str | None = None) -> None:
+        super().__init__(f"not {what}: {_shown(value)}")
+        self.hint = hint
+
+
+_BOOL_HINT = "true or false; also on/off, yes/no, 1/0"
+
+
 def _coerce(name: str, value: Any, where: str) -> Any:
-    """Check and convert one value, naming the key and the place when it is wrong."""
+    """Check and convert one value; ConfigError naming ``where`` (``$OFFLINE_CLI_RETRIES``,
+    ``--retries``, ``config file PATH, key 'retries'``) and the value when it is wrong."""
     kind = _FIELD_TYPES[name]
     if name == "headers":
         return _coerce_headers(value, where)
@@ -314,54 +363,59 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         if kind == "bool":
             if isinstance(value, bool):
                 return value
-            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
                 return True
-            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
                 return False
-            raise TypeError("expected true or false")
+            raise _Invalid("on or off", value, _BOOL_HINT)
         if kind == "int":
             if name in _RATES and isinstance(value, int | float) and not isinstance(value, bool):
                 value = parse_rate(repr(value))  # 1.5 in a config file reads like "1.5"
             if isinstance(value, str):
                 value = parse_rate(value) if name in _RATES else parse_count(value)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError("expected a whole number")
+                raise _Invalid("a whole number", value, "e.g. 5")
             _check_range(name, value)
             return value
         if kind == "float":
             if isinstance(value, str):
                 value = parse_number(value) if name not in _DURATIONS else parse_duration(value)
             if isinstance(value, bool) or not isinstance(value, int | float):
-                what = "a duration such as 30s or 7d" if name in _DURATIONS else "a number"
-                raise TypeError(f"expected {what}")
+                if name in _DURATIONS:
+                    raise _Invalid("a duration", value, "e.g. 30s or 7d (or seconds: 30)")
+                raise _Invalid("a number", value)
             _check_range(name, value)
             return float(value)
         if name == "quality" and isinstance(value, int) and not isinstance(value, bool):
             value = str(value)  # quality = 2000000 (a BANDWIDTH) reads like "2000000"
         if not isinstance(value, str):
-            raise TypeError("expected a string")
+            what = "a path" if name in _PATHS else "a string"
+            raise _Invalid(what, value, "write it in quotes")
         if name == "source":
             check_source_template(value)
         if name == "quality":
             return parse_quality(value)
         return value
     except UsageError as exc:
-        raise ConfigError(f"{where}: invalid value for {name!r}: {exc.message}") from None
+        raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
+    except _Invalid as exc:
+        raise ConfigError(f"{where}: {exc}", hint=exc.hint) from None
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: invalid value for {name!r}: {exc}") from None
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _coerce_headers(value: Any, where: str) -> tuple[str, ...]:
     """A list of ``Name: value`` strings, each checked; they are kept as ``Name: value``
     with the spaces trimmed."""
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where}: invalid value for 'headers': expected a list of strings")
+        # Never quoted: a header list holds secrets.
+        raise ConfigError(f"{where}: expected a list of strings")
     # "--header #2: no colon"; from elsewhere the key is named as for every setting.
     on_command_line = where.startswith("--")
     try:
         parsed = parse_headers(value, where if on_command_line else "header")
     except UsageError as exc:
-        prefix = "" if on_command_line else f"{where}: invalid value for 'headers': "
+        prefix = "" if on_command_line else f"{where}: "
         raise ConfigError(prefix + exc.message, hint=exc.hint) from None
     return tuple(f"{name}: {text}" for name, text in parsed)
 
@@ -414,7 +468,7 @@ def load_settings(
         )
     if path.exists() or named:
         for key, value in _config_values(_read_config_file(path), path).items():
-            values[key] = _coerce(key, value, f"config file {path}")
+            values[key] = _coerce(key, value, f"config file {path}, key {key!r}")
             origins[key] = f"config file {path}"
     for name in _FIELD_TYPES:
         env_name = setting_env_var(name)

@@ -38,12 +38,38 @@ MTIME_SLACK_S = 2.0
 # -- cleanup -------------------------------------------------------------------------------------
 
 
+def iso_time(at: float | None) -> str | None:
+    """A point in time as every JSON output writes it: ISO 8601 in UTC, ``…Z``."""
+    if at is None or not math.isfinite(at):
+        return None
+    try:
+        return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, ValueError, OSError):  # a damaged row's time, years away
+        return None
+
+
 @dataclass(frozen=True)
 class CleanupItem:
     kind: str  # "partial", "orphan" or "entry"
     path: str | None
     product_key: str | None
     bytes: int
+    # An entry's download state ("FAILED"; None when unreadable or for a file).
+    state: str | None = None
+    # When the entry was last written or the file last modified (epoch seconds), if known.
+    modified_at: float | None = None
+    # An orphan that is a folder (an HLS product's), not a file.
+    folder: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "product": self.product_key,
+            "path": self.path,
+            "size": self.bytes,
+            "state": self.state,
+            "modified_at": iso_time(self.modified_at),
+        }
 
 
 @dataclass
@@ -71,7 +97,7 @@ class CleanupReport:
             "bytes_reclaimed": self.bytes_reclaimed,
             "entries_removed": self.entries_removed,
             "files_removed": self.files_removed,
-            "items": [asdict(i) for i in self.items],
+            "items": [i.to_dict() for i in self.items],
         }
 
 
@@ -118,7 +144,11 @@ class CleanupManager:
                 ("partial_license_path", entry.partial_license_path),
             ):
                 self._remove_partial(report, entry.product_key, entry.id, column, raw)
-            report.items.append(CleanupItem("entry", None, entry.product_key, 0))
+            report.items.append(
+                CleanupItem(
+                    "entry", None, entry.product_key, 0, entry.state.value, entry.updated_at
+                )
+            )
             if not dry_run:
                 store.delete_download(entry.id)
         self._unreadable_downloads(report, cutoff)
@@ -157,7 +187,7 @@ class CleanupManager:
                 continue
             for raw in bad.paths:
                 self._remove_partial(report, bad.product_key, bad.row_id, "partial path", raw)
-            report.items.append(CleanupItem("entry", None, bad.product_key, 0))
+            report.items.append(CleanupItem("entry", None, bad.product_key, 0, None, bad.at))
             if not report.dry_run:
                 store.delete_unreadable(bad)
 
@@ -174,7 +204,13 @@ class CleanupManager:
             self.rt.files.report_foreign_path(key, column, raw)
             return
         if os.path.lexists(path):
-            report.items.append(CleanupItem("partial", str(path), key, tree_size(path)))
+            try:
+                mtime: float | None = path.lstat().st_mtime
+            except OSError:
+                mtime = None
+            report.items.append(
+                CleanupItem("partial", str(path), key, tree_size(path), None, mtime)
+            )
             if not report.dry_run:
                 safe_remove(layout, path)
 
@@ -242,7 +278,17 @@ class CleanupManager:
                         continue
                     if rt.files.in_use(path):
                         continue  # a download that started (or committed) since the reads
-                    report.items.append(CleanupItem("orphan", str(path), None, tree_size(path)))
+                    report.items.append(
+                        CleanupItem(
+                            "orphan",
+                            str(path),
+                            None,
+                            tree_size(path),
+                            None,
+                            mtime,
+                            folder=name in bundles,
+                        )
+                    )
                     if not dry_run:
                         safe_remove(layout, path)
 
@@ -288,7 +334,13 @@ class ValidationResult:
     repair_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "product": self.product_key,
+            "valid": self.valid,
+            "reason": self.reason,
+            "repaired": self.repaired,
+            "repair_error": self.repair_error,
+        }
 
 
 def _mtime_ns(entry: OfflinedEntry) -> int | None:
@@ -534,7 +586,7 @@ class DownloadHealthReport:
     offlined_products: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "since": iso_time(self.since)}
 
 
 def build_health_report(

@@ -246,7 +246,7 @@ def parse_duration(text: str) -> float:
 def parse_count(text: str) -> int:
     """Parse a whole number >= 0 written in ASCII digits (``5``), or raise UsageError."""
     if _COUNT_RE.match(text.strip()) is None:
-        raise UsageError(f"malformed whole number {shorten(text)!r}", hint="e.g. 5")
+        raise UsageError(f"not a whole number: {shorten(text)!r}", hint="e.g. 5")
     if len(text.strip()) > _MAX_NUMBER_CHARS:
         raise _too_large(text)
     return int(text.strip())

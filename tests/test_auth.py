@@ -353,18 +353,13 @@ def test_bad_headers_in_the_environment_and_the_config_name_where_they_are(
         "offline", "http://127.0.0.1:9/m", env={"OFFLINE_CLI_HEADERS": f"X-A: 1\n{SECRETISH}"}
     )
     assert env.exit_code == 2
-    assert (
-        "$OFFLINE_CLI_HEADERS: invalid value for 'headers': header #2: no colon" in env.stderr
-        and SECRETISH not in env.output
-    )
+    assert "$OFFLINE_CLI_HEADERS: header #2: no colon" in env.stderr and SECRETISH not in env.output
 
     config = tmp_path / "config.toml"
     config.write_text(f'headers = ["Host: {SECRETISH}"]\n', encoding="utf-8")
     conf = cli("offline", "http://127.0.0.1:9/m", env={"OFFLINE_CLI_CONFIG": str(config)})
     assert conf.exit_code == 2
-    assert (
-        f"config file {config}: invalid value for 'headers': header #1: Host is set" in conf.stderr
-    )
+    assert f"config file {config}, key 'headers': header #1: Host is set" in conf.stderr
     assert SECRETISH not in conf.output
 
     config.write_text('headers = "X-A: 1"\n', encoding="utf-8")

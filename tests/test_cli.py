@@ -347,7 +347,7 @@ def test_cleanup_dry_run_lists_and_removes_nothing(cli, home: Path, netsim: NetS
     result = cli("cleanup", "--older-than", "0", "--dry-run")
 
     assert result.exit_code == 0, result.output
-    assert f"would remove partial: {partial}" in result.stdout
+    assert f"would remove: {partial} (partial data of track:8, 40.0 kB" in result.stdout
     assert partial.exists()
     rows = json.loads(cli("state", "track:8", "--json").stdout)
     assert rows[0]["download"]["state"] == "FAILED"
@@ -359,7 +359,7 @@ def test_cleanup_older_than_zero_removes_partial_data(cli, home: Path, netsim: N
     result = cli("cleanup", "--older-than", "0")
 
     assert result.exit_code == 0, result.output
-    assert f"removed partial: {partial}" in result.stdout
+    assert f"removed: {partial} (partial data of track:8, 40.0 kB" in result.stdout
     assert not partial.exists()
     assert _partial_files(home) == []
     assert "download" not in json.loads(cli("state", "track:8", "--json").stdout)[0]
@@ -385,7 +385,7 @@ def test_cleanup_json(cli, home: Path, netsim: NetSim) -> None:
     assert report["dry_run"] is False
     assert report["bytes_reclaimed"] == 40_000
     assert report["entries_removed"] == 1
-    assert {"kind": "partial", "path": str(partial), "product_key": "track:8"}.items() <= (
+    assert {"kind": "partial", "path": str(partial), "product": "track:8"}.items() <= (
         report["items"][0].items()
     )
     assert not partial.exists()
@@ -484,7 +484,7 @@ def test_validate_json(cli, home: Path, httpserver: HTTPServer) -> None:
     result = cli("validate", "--json")
 
     assert result.exit_code == 1
-    rows = {r["product_key"]: r for r in json.loads(result.stdout)}
+    rows = {r["product"]: r for r in json.loads(result.stdout)}
     assert rows["track:1"]["valid"] is True and rows["track:1"]["reason"] is None
     assert rows["track:2"]["valid"] is False and "missing" in rows["track:2"]["reason"]
     assert cli("state", "track:2").stdout == "OFFLINED_BUT_NOT_VALID\n"

@@ -410,7 +410,7 @@ def test_cleanup_and_delete_all_remove_bad_rows(cli, make_engine, sim, home) -> 
     _sql(home, "UPDATE download_entries SET state = 'BOGUS' WHERE product_key = ?", (bad.key,))
     cleanup = cli("cleanup", "--older-than", "0")
     assert cleanup.exit_code == 0, cleanup.output
-    assert f"entry of {bad.key}" in cleanup.stdout
+    assert f"removed: {bad.key} (unreadable entry" in cleanup.stdout
     assert list((home / "partial").iterdir()) == []
 
     _offline(make_engine, sim, "good")

@@ -141,7 +141,7 @@ def test_cleanup_never_removes_the_database_or_credentials_a_download_row_names(
 
     assert cleanup.exit_code == 0, cleanup.output
     assert _snapshot(home / "credentials.json") == vault
-    assert "removed partial" not in cleanup.stdout, cleanup.stdout
+    assert "partial data" not in cleanup.stdout, cleanup.stdout
     warnings = _warnings(cleanup.stderr)
     assert len(warnings) == 1 and "http://127.0.0.1:1/x" in warnings[0], cleanup.stderr
     # The database is whole, the signed product still valid, the bad row gone.
