@@ -162,7 +162,7 @@ try:
     code = 0
 except SystemExit as exc:
     code = exc.code
-mods = sorted(sys.modules)
+mods = sorted(n for n, m in sys.modules.items() if m is not None)  # None: kept out
 print(json.dumps({{"code": code, "modules": mods}}))
 """
 
@@ -507,7 +507,7 @@ def test_no_module_imports_the_package_root() -> None:
 _LOADED_AFTER_IMPORT = """
 import json, sys
 import {module}
-print(json.dumps(sorted(sys.modules)))
+print(json.dumps(sorted(n for n, m in sys.modules.items() if m is not None)))
 """
 
 
