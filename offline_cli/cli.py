@@ -740,6 +740,23 @@ LimitRate = Annotated[
     ),
 ]
 
+ProxyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--proxy",
+        help="Send every request through this proxy: http://[USER:PASS@]HOST:PORT, https://, "
+        "socks5://; 'none' or '' for no proxy (default: $HTTP_PROXY, $HTTPS_PROXY, $NO_PROXY).",
+    ),
+]
+Refresh = Annotated[
+    bool,
+    typer.Option(
+        "--refresh",
+        help="Ask the server whether a stored product changed (ETag, Last-Modified) and "
+        "download the new version if so.",
+    ),
+]
+
 
 StreamQuality = Annotated[
     str | None,
@@ -853,6 +870,7 @@ def offline(
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="Exit 3 if another process downloads it.")
     ] = False,
+    refresh: Refresh = False,
     jobs: Jobs = None,
     limit_rate: LimitRate = None,
     quality: StreamQuality = None,
@@ -861,6 +879,7 @@ def offline(
     stall_timeout: StallTimeout = None,
     network_timeout: NetworkTimeout = None,
     header: Header = None,
+    proxy: ProxyOption = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -875,16 +894,18 @@ def offline(
         parsed = _parse_offline_products(names, product_id, license_url, sha256)
         overrides = _transfer_overrides(retries, stall_timeout, network_timeout, jobs, limit_rate)
         overrides |= _stream_overrides(quality, max_bandwidth)
-        settings = _settings(source=source, headers=header, **overrides)
+        settings = _settings(source=source, headers=header, proxy=proxy, **overrides)
         # Checked before the store is opened: bad input changes nothing.
         from offline_cli.config import load_credentials
         from offline_cli.engine import OfflineEngine
+        from offline_cli.network import ProxyRoutes
 
         OfflineEngine.check_resolvable_with(settings, parsed)
+        ProxyRoutes(settings.proxy)  # a bad $HTTP_PROXY (and the like) is exit 2 here
         credentials = load_credentials(settings)
         with _reporting(len(parsed)) as reporter:
             engine = _engine(reporter, settings, credentials)
-            failures = _offline_all(engine, parsed, wait=not no_wait)
+            failures = _offline_all(engine, parsed, wait=not no_wait, refresh=refresh)
     except OfflineError as exc:
         _fail(exc)
     if failures:
@@ -929,11 +950,13 @@ def _parse_offline_products(
 
 
 def _offline_all(
-    engine: OfflineEngine, products: Sequence[MediaProduct], *, wait: bool
+    engine: OfflineEngine, products: Sequence[MediaProduct], *, wait: bool, refresh: bool = False
 ) -> list[int]:
     """Download ``products`` (up to ``jobs`` at once); the exit codes of those that failed."""
     failures: list[int] = []
-    engine.offline_products(products, wait=wait, on_result=_result_printer(failures))
+    engine.offline_products(
+        products, wait=wait, on_result=_result_printer(failures), refresh=refresh
+    )
     return failures
 
 
@@ -953,6 +976,8 @@ def _result_printer(failures: list[int]) -> Callable[[ProductResult], None]:
             _say(f"{key}: already offline and valid, nothing fetched")
         elif result.outcome is Outcome.DOWNLOADED_BY_OTHER:
             _say(f"{key}: downloaded by another process")
+        elif result.outcome is Outcome.NOT_MODIFIED:
+            _say(f"{key}: not modified")
 
     return report
 
@@ -1152,6 +1177,7 @@ def resume(
     stall_timeout: StallTimeout = None,
     network_timeout: NetworkTimeout = None,
     header: Header = None,
+    proxy: ProxyOption = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -1162,9 +1188,11 @@ def resume(
         wanted = [_product_from_name(n) for n in products] if products else None
         overrides = _transfer_overrides(retries, stall_timeout, network_timeout, jobs, limit_rate)
         overrides |= _stream_overrides(quality, max_bandwidth)
-        settings = _settings(headers=header, **overrides)
+        settings = _settings(headers=header, proxy=proxy, **overrides)
         from offline_cli.config import load_credentials
+        from offline_cli.network import ProxyRoutes
 
+        ProxyRoutes(settings.proxy)  # a bad $HTTP_PROXY (and the like) is exit 2 here
         credentials = load_credentials(settings)
         with _reporting() as reporter:
             engine = _engine(reporter, settings, credentials)
