@@ -61,6 +61,8 @@ DISK_RESERVE_MAX_BYTES = 8 * 1024 * 1024
 HEADER_DEADLINE_POLL_S = 0.05
 # A URL in a message is cut to this many characters (httpx refuses URLs over 64 KiB).
 SHOWN_URL_CHARS = 120
+# (no URL in it: messages redact the user info of every URL they hold)
+PROXY_AUTH_HINT = "give the proxy's user and password in its URL, as USER:PASSWORD@ before its host"
 # No real file is larger; a bigger number in a header is a lie or an attack.
 MAX_CONTENT_LENGTH = 2**63 - 1
 
@@ -1289,6 +1291,15 @@ def raise_for_status(response: httpx.Response, url: str, product: str | None) ->
     if status < 400:
         return
     where = f"HTTP {status} {response.reason_phrase} from {host_of(url)}"
+    if status == 407:
+        # Only a proxy sends it (for an http:// URL it forwards): not the host's answer.
+        raise HTTPStatusError(
+            f"HTTP 407 {response.reason_phrase} from the proxy for {host_of(url)}",
+            status=status,
+            product=product,
+            url=url,
+            hint=PROXY_AUTH_HINT,
+        )
     if status == 429 or status >= 500:
         raise ServerError(
             where,
@@ -1385,7 +1396,7 @@ def wrap_http_error(
                 f"the proxy refused to connect to {host}: {reason[:120]}",
                 product=product,
                 url=url,
-                hint="give the proxy's user and password in its URL (http://USER:PASS@HOST:PORT)",
+                hint=PROXY_AUTH_HINT,
             )
         return NetworkError(
             f"the proxy could not connect to {host}: {reason[:120]}", product=product, url=url

@@ -57,6 +57,8 @@ class ForwardProxy:
     def __init__(self) -> None:
         # (absolute URL asked for, its Proxy-Authorization header)
         self.seen: list[tuple[str, str | None]] = []
+        # When set, the Proxy-Authorization it wants (else 407)
+        self.wants: str | None = None
         lock = threading.Lock()
         proxy = self
 
@@ -69,6 +71,15 @@ class ForwardProxy:
             def do_GET(self) -> None:
                 with lock:
                     proxy.seen.append((self.path, self.headers.get("Proxy-Authorization")))
+                if (
+                    proxy.wants is not None
+                    and self.headers.get("Proxy-Authorization") != proxy.wants
+                ):
+                    self.send_response(407)
+                    self.send_header("Proxy-Authenticate", 'Basic realm="test"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 target = urlsplit(self.path)
                 if not target.scheme or target.hostname is None:
                     self.send_error(400, "not a proxy request")
@@ -115,11 +126,8 @@ class ForwardProxy:
 
 
 @pytest.fixture
-def proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[ForwardProxy]:
-    # The developer's (or CI's) own proxy settings must not decide where requests go.
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
+def proxy() -> Iterator[ForwardProxy]:
+    # (conftest's isolated_env removes the machine's own HTTP_PROXY and the like)
     server = ForwardProxy().start()
     try:
         yield server
@@ -201,7 +209,8 @@ def test_no_proxy_bypasses_the_environment_proxy(
     httpserver.expect_request("/media/7.flac").respond_with_data(BODY_V1)
     monkeypatch.setenv("HTTP_PROXY", proxy.url())
     monkeypatch.setenv("NO_PROXY", "example.org, 127.0.0.1")
-    result = cli("offline", httpserver.url_for("/media/7.flac"), "--id", "track:7")
+    url = f"http://127.0.0.1:{httpserver.port}/media/7.flac"
+    result = cli("offline", url, "--id", "track:7")
     assert result.exit_code == 0, result.stderr
     assert proxy.seen == []
 
@@ -572,3 +581,16 @@ def test_refresh_of_an_hls_product_is_refused_with_exit_2(
     assert "refresh of HLS products is not supported" in result.stderr
     assert len(sim.log) == served
     assert cli("state", "--json").stdout == before
+
+
+def test_a_proxy_wanting_a_password_is_exit_1_naming_the_proxy_not_the_host(
+    cli: Cli, home: Path, httpserver: HTTPServer, proxy: ForwardProxy
+) -> None:
+    httpserver.expect_request("/media/1.flac").respond_with_data(BODY_V1)
+    proxy.wants = "Basic " + base64.b64encode(b"agent:right").decode()
+    url = httpserver.url_for("/media/1.flac")
+    wrong = cli("offline", url, "--proxy", proxy.url("agent:wr0ng@"))
+    assert wrong.exit_code == 1
+    assert "HTTP 407 Proxy Authentication Required from the proxy for localhost" in wrong.stderr
+    assert "USER:PASSWORD@ before its host" in wrong.stderr and "wr0ng" not in wrong.output
+    assert cli("offline", url, "--proxy", proxy.url("agent:right@")).exit_code == 0
