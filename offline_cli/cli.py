@@ -1045,6 +1045,25 @@ LimitRate = Annotated[
     ),
 ]
 
+ProxyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--proxy",
+        metavar="URL",
+        show_default=False,
+        help="Send every request through this proxy: http://[USER:PASS@]HOST:PORT, https://, "
+        "socks5://; 'none' or '' for no proxy (default: $HTTP_PROXY, $HTTPS_PROXY, $NO_PROXY).",
+    ),
+]
+Refresh = Annotated[
+    bool,
+    typer.Option(
+        "--refresh",
+        help="Ask the server whether a stored product changed (ETag, Last-Modified) and "
+        "download the new version if so.",
+    ),
+]
+
 
 StreamQuality = Annotated[
     str | None,
@@ -1180,12 +1199,15 @@ def offline(
     source: Annotated[
         str | None,
         typer.Option(
-            "--source", metavar="URL", help="Playback-info URL template with {type} and {id}."
+            "--source",
+            metavar="TEMPLATE",
+            help="Playback-info URL template with {type} and {id}.",
         ),
     ] = None,
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="Exit 3 if another process downloads it.")
     ] = False,
+    refresh: Refresh = False,
     jobs: Jobs = None,
     limit_rate: LimitRate = None,
     quality: StreamQuality = None,
@@ -1194,6 +1216,7 @@ def offline(
     stall_timeout: StallTimeout = None,
     network_timeout: NetworkTimeout = None,
     header: Header = None,
+    proxy: ProxyOption = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -1220,20 +1243,24 @@ def offline(
         parsed = _parse_offline_products(names, product_id, license_url, sha256, place_of)
         overrides = _transfer_overrides(retries, stall_timeout, network_timeout, jobs, limit_rate)
         overrides |= _stream_overrides(quality, max_bandwidth)
-        settings = _settings(source=source, headers=header, **overrides)
+        settings = _settings(source=source, headers=header, proxy=proxy, **overrides)
         # Checked before the store is opened: bad input changes nothing.
         from offline_cli.config import load_credentials
         from offline_cli.engine import OfflineEngine
+        from offline_cli.network import ProxyRoutes
 
         if not _store_exists():
             # A product named without a URL can only be one the store knows: with no store
             # yet, refuse it before one is created (the engine asks the store otherwise).
             OfflineEngine.check_resolvable_with(settings, parsed)
+        ProxyRoutes(settings.proxy)  # a bad $HTTP_PROXY (and the like) is exit 2 here
         credentials = load_credentials(settings)
         with _reporting(len(parsed)) as reporter:
             engine = _engine(reporter, settings, credentials)
             summary = _Summary(reporter)
-            failures = _offline_all(engine, parsed, wait=not no_wait, summary=summary)
+            failures = _offline_all(
+                engine, parsed, wait=not no_wait, summary=summary, refresh=refresh
+            )
         if len(parsed) > 1:
             summary.say()
     except OfflineError as exc:
@@ -1296,10 +1323,13 @@ def _offline_all(
     *,
     wait: bool,
     summary: _Summary | None = None,
+    refresh: bool = False,
 ) -> list[int]:
     """Download ``products`` (up to ``jobs`` at once); the exit codes of those that failed."""
     failures: list[int] = []
-    engine.offline_products(products, wait=wait, on_result=_result_printer(failures, summary))
+    engine.offline_products(
+        products, wait=wait, on_result=_result_printer(failures, summary), refresh=refresh
+    )
     return failures
 
 
@@ -1324,6 +1354,8 @@ def _result_printer(
             _say(f"{key}: already offline and valid, nothing fetched")
         elif result.outcome is Outcome.DOWNLOADED_BY_OTHER:
             _say(f"{key}: downloaded by another process")
+        elif result.outcome is Outcome.NOT_MODIFIED:
+            _say(f"{key}: not modified")
 
     return report
 
@@ -1549,6 +1581,7 @@ def resume(
     stall_timeout: StallTimeout = None,
     network_timeout: NetworkTimeout = None,
     header: Header = None,
+    proxy: ProxyOption = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -1559,9 +1592,11 @@ def resume(
         wanted = [_product_from_name(n) for n in products] if products else None
         overrides = _transfer_overrides(retries, stall_timeout, network_timeout, jobs, limit_rate)
         overrides |= _stream_overrides(quality, max_bandwidth)
-        settings = _settings(headers=header, **overrides)
+        settings = _settings(headers=header, proxy=proxy, **overrides)
         from offline_cli.config import load_credentials
+        from offline_cli.network import ProxyRoutes
 
+        ProxyRoutes(settings.proxy)  # a bad $HTTP_PROXY (and the like) is exit 2 here
         credentials = load_credentials(settings)
         with _reporting() as reporter:
             engine = _engine(reporter, settings, credentials)
@@ -1680,7 +1715,7 @@ def validate(
         str | None,
         typer.Option(
             "--source",
-            metavar="URL",
+            metavar="TEMPLATE",
             help="Playback-info URL template, to renew expired licenses.",
         ),
     ] = None,

@@ -62,6 +62,9 @@ class Settings:
     # token, both sent to the trusted origin only
     headers: tuple[str, ...] = ()
     token_file: str | None = None
+    # the proxy of every request (None: the environment's HTTP_PROXY, HTTPS_PROXY, ALL_PROXY
+    # and NO_PROXY; "none": no proxy at all); network.ProxyRoutes
+    proxy: str | None = None
     # maintenance
     retention: float = 7 * 86400.0
     maintenance_interval: float = 86400.0
@@ -94,7 +97,8 @@ class Settings:
         value = getattr(self, name)
         if name == "headers":
             return f"{len(value)} set" if value else "none"
-        return redact_url(value) if name == "source" and value is not None else value
+        # A proxy URL's user and password are shown as REDACTED like a source's credentials.
+        return redact_url(value) if name in ("source", "proxy") and value is not None else value
 
 
 _SETTING_FIELDS = [f for f in fields(Settings) if f.name != "origins"]
@@ -393,6 +397,10 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             raise _Invalid(what, value, "write it in quotes")
         if name == "source":
             check_source_template(value)
+        if name == "proxy":
+            from offline_cli.network import check_proxy_url
+
+            return check_proxy_url(value)
         if name == "quality":
             return parse_quality(value)
         return value

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,7 @@ from offline_cli.errors import (
     HTTPStatusError,
     OfflineError,
     PermanentError,
+    UsageError,
 )
 from offline_cli.hls import Quality, StreamChoice
 from offline_cli.hlsrun import HlsRun
@@ -32,6 +33,7 @@ from offline_cli.models import (
     DownloadState,
     ErrorKind,
     MediaProduct,
+    OfflinedEntry,
     looks_like_url,
 )
 from offline_cli.productrun import ProductRun
@@ -40,7 +42,22 @@ from offline_cli.retry import RetryHooks, classify, execute
 from offline_cli.runtime import Cancel, Runtime
 
 if TYPE_CHECKING:
+    from offline_cli.store import Store
     from offline_cli.transfer import HttpClient
+
+REFRESH_HLS_REFUSED = "refresh of HLS products is not supported; nothing fetched"
+REFRESH_HLS_HINT = "delete it and offline it again for the current version"
+
+
+def check_refreshable(store: Store, products: Sequence[MediaProduct]) -> None:
+    """UsageError, before any work, when ``--refresh`` names a stored HLS product: its
+    playlist, parts and keys each have their own version, and no single validator says
+    whether the whole changed."""
+    for product in products:
+        stored = store.get_offlined(product.key)
+        if stored is not None and stored.is_hls:
+            raise UsageError(REFRESH_HLS_REFUSED, product=product.key, hint=REFRESH_HLS_HINT)
+
 
 # Statuses of a stored (signed) URL that has expired: the product is resolved through its
 # source once more before the download counts as failed.
@@ -58,18 +75,32 @@ class Downloader:
         self.rt = runtime
         self._client = client
 
-    def download(self, product: MediaProduct, cancel: Cancel) -> None:
-        """Download ``product`` (the listener hears started, then completed or failed)."""
+    def download(self, product: MediaProduct, cancel: Cancel, *, refresh: bool = False) -> bool:
+        """Download ``product`` (the listener hears started, then completed or failed).
+
+        ``refresh``: the product is stored; ask the server first whether it changed (the
+        stored validators, as curl -z and wget -N do). False: it did not, and nothing was
+        fetched or changed (the listener hears nothing). A new version is downloaded as a
+        new download and replaces the stored copy at its commit, not before.
+        """
         rt = self.rt
         started = rt.monotonic()
         entry: DownloadEntry | None = None
+        stored = rt.store.get_offlined(product.key) if refresh else None
         try:
             product = self._with_full_urls(product)
-            rt.listener.offlining_started(product)
+            if stored is None:
+                rt.listener.offlining_started(product)
             client = self._client()
             from_source = self._came_from_source(product)
             trusted = self._trusted_origin(product, from_source)
             product = self._resolve(product, client, cancel, trusted)
+            if stored is not None:
+                if not self._changed(product, stored, client, cancel, trusted):
+                    rt.telemetry.event("not_modified", product=product.key)
+                    return False
+                rt.telemetry.event("modified", product=product.key)
+                rt.listener.offlining_started(product)
             self._refuse_expired_license(product)
             # Started once its media URL is known: a bad playback-info answer starts nothing.
             rt.telemetry.record("download_started", product_key=product.key)
@@ -115,6 +146,44 @@ class Downloader:
             raise
         rt.telemetry.event("state_changed", product=product.key, to="COMPLETED")
         rt.listener.offlining_completed(product)
+        return True
+
+    def _changed(
+        self,
+        product: MediaProduct,
+        stored: OfflinedEntry,
+        client: HttpClient,
+        cancel: Cancel,
+        trusted_origin: str | None,
+    ) -> bool:
+        """Whether the server holds another version than ``stored`` (a conditional GET,
+        retried like any request; its body is never read)."""
+        if product.hls or stored.is_hls:
+            raise UsageError(REFRESH_HLS_REFUSED, product=product.key, hint=REFRESH_HLS_HINT)
+        assert product.url is not None
+        from offline_cli.transfer import Validators, probe_changed
+
+        rt = self.rt
+        url = product.url
+        validators = Validators(stored.etag, stored.last_modified, stored.size)
+        return execute(
+            lambda: probe_changed(
+                client,
+                url,
+                validators,
+                product=product.key,
+                stall_timeout_s=rt.settings.stall_timeout,
+                trusted_origin=trusted_origin,
+            ),
+            rt.policy,
+            RetryHooks(
+                sleep=lambda seconds: rt.wait(seconds, cancel, product.key),
+                clock=rt.clock,
+                made_progress=lambda: False,
+                on_retry=lambda e, a, d, r: rt.listener.offlining_retrying(product, a, d, r),
+                rand=rt.rand,
+            ),
+        )
 
     def _has_source(self, product: MediaProduct) -> bool:
         return self.rt.settings.source is not None and not looks_like_url(product.product_id)

@@ -76,6 +76,8 @@ class Outcome(enum.Enum):
     DOWNLOADED = "downloaded"
     ALREADY_OFFLINE = "already offline"
     DOWNLOADED_BY_OTHER = "downloaded by another process"
+    # --refresh: the server says the stored copy is its current version
+    NOT_MODIFIED = "not modified"
 
 
 @dataclass(frozen=True)
@@ -331,6 +333,7 @@ class OfflineEngine:
             connect_timeout_s=self.settings.connect_timeout,
             transport=self._transport,
             connections=self.settings.jobs,
+            proxy=self.settings.proxy,
             credentials=(
                 self._credentials
                 if self._credentials is not None
@@ -432,8 +435,13 @@ class OfflineEngine:
         finally:
             self.flush_metrics()
 
-    def offline_product(self, product: MediaProduct, *, wait: bool = True) -> Outcome:
-        """Download one product in this thread (see ``offline_products`` for many)."""
+    def offline_product(
+        self, product: MediaProduct, *, wait: bool = True, refresh: bool = False
+    ) -> Outcome:
+        """Download one product in this thread (see ``offline_products`` for many).
+
+        ``refresh``: a product already OFFLINED_AND_VALID is checked with the server (like
+        ``wget -N``): NOT_MODIFIED, or DOWNLOADED when a new version replaced it."""
         from filelock import Timeout
 
         from offline_cli.runtime import RunInterrupted
@@ -474,7 +482,10 @@ class OfflineEngine:
                     return outcome
             if self.get_offline_state(product) is OfflineState.OFFLINED_AND_VALID:
                 self._check_expected_sha256(product)
-                return Outcome.ALREADY_OFFLINE
+                if not refresh:
+                    return Outcome.ALREADY_OFFLINE
+                changed = self._download(product, refresh=True)
+                return Outcome.DOWNLOADED if changed else Outcome.NOT_MODIFIED
             self._download(product)
             return Outcome.DOWNLOADED
         except RunInterrupted:
@@ -486,8 +497,9 @@ class OfflineEngine:
         finally:
             lock.release()
 
-    def _download(self, product: MediaProduct) -> None:
-        """Download one product (we hold its lock), stoppable through its cancel signal."""
+    def _download(self, product: MediaProduct, *, refresh: bool = False) -> bool:
+        """Download one product (we hold its lock), stoppable through its cancel signal;
+        False when ``refresh`` found the stored copy current (nothing was fetched)."""
         from offline_cli.download import Downloader
         from offline_cli.runtime import Cancel
 
@@ -501,7 +513,7 @@ class OfflineEngine:
                 )
             self._running.add(cancel)
         try:
-            Downloader(self.runtime, self._client).download(product, cancel)
+            return Downloader(self.runtime, self._client).download(product, cancel, refresh=refresh)
         finally:
             with self._running_lock:
                 self._running.discard(cancel)
@@ -522,14 +534,20 @@ class OfflineEngine:
         *,
         wait: bool = True,
         on_result: Callable[[ProductResult], None] | None = None,
+        refresh: bool = False,
     ) -> list[ProductResult]:
         """Download ``products``, up to ``settings.jobs`` at once; one's failure never stops
         the others. ``on_result`` hears each outcome as it comes (in the calling thread).
+        ``refresh``: see ``offline_product`` (an HLS product is refused: UsageError).
 
         Ctrl-C or SIGTERM in the calling thread stops every running download (saved as
         PAUSED), starts no other, and is raised again once they all have stopped.
         """
         self.check_resolvable(products)
+        if refresh:
+            from offline_cli.download import check_refreshable
+
+            check_refreshable(self.store, products)
         self.maybe_run_maintenance()
         # interrupt() stops the call it interrupts (and the downloads running in it); a new
         # call starts afresh.
@@ -542,7 +560,7 @@ class OfflineEngine:
                 on_result(result)
 
         try:
-            self._offline_all(products, wait, done)
+            self._offline_all(products, wait, done, refresh)
         finally:
             self.flush_metrics()
         return [results[i] for i in sorted(results)]
@@ -552,11 +570,12 @@ class OfflineEngine:
         products: Sequence[MediaProduct],
         wait: bool,
         done: Callable[[int, ProductResult], None],
+        refresh: bool = False,
     ) -> None:
         jobs = min(self.settings.jobs, len(products))
         if jobs <= 1:
             for index, product in enumerate(products):
-                done(index, self._offline_one(product, wait))
+                done(index, self._offline_one(product, wait, refresh))
             return
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
         from concurrent.futures import wait as wait_for
@@ -565,7 +584,7 @@ class OfflineEngine:
         futures: dict[Future[ProductResult], int] = {}
         try:
             futures = {
-                pool.submit(self._offline_in_worker, product, wait): index
+                pool.submit(self._offline_in_worker, product, wait, refresh): index
                 for index, product in enumerate(products)
             }
             pending = set(futures)
@@ -582,12 +601,16 @@ class OfflineEngine:
             raise
         pool.shutdown(wait=True)
 
-    def _offline_in_worker(self, product: MediaProduct, wait: bool) -> ProductResult:
+    def _offline_in_worker(
+        self, product: MediaProduct, wait: bool, refresh: bool = False
+    ) -> ProductResult:
         # This worker's database connection stays open for its next product; it closes
         # when the pool ends and the thread's state (peewee's connection) goes with it.
-        return self._offline_one(product, wait)
+        return self._offline_one(product, wait, refresh)
 
-    def _offline_one(self, product: MediaProduct, wait: bool) -> ProductResult:
+    def _offline_one(
+        self, product: MediaProduct, wait: bool, refresh: bool = False
+    ) -> ProductResult:
         if self._stopping.is_set():
             not_started = DownloadInterrupted(
                 "not started: the command was interrupted",
@@ -596,7 +619,8 @@ class OfflineEngine:
             )
             return ProductResult(product, None, not_started)
         try:
-            return ProductResult(product, self.offline_product(product, wait=wait), None)
+            outcome = self.offline_product(product, wait=wait, refresh=refresh)
+            return ProductResult(product, outcome, None)
         except OfflineError as exc:
             return ProductResult(product, None, exc)
 

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from offline_cli.errors import ConfigError
+
 DEFAULT_NETWORK_TIMEOUT_S = 120.0
 DEFAULT_PROBE_INTERVAL_S = 1.0
 PROBE_CONNECT_TIMEOUT_S = 2.0
@@ -86,3 +88,121 @@ class NetworkMonitor:
                 return False
             self._sleep(min(self.probe_interval_s, remaining))
             check_stop()
+
+
+# -- proxies ---------------------------------------------------------------------------------
+
+# What `proxy` (--proxy, $OFFLINE_CLI_PROXY, the config file) may name. socks needs the
+# socksio package (httpx's "socks" extra).
+PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
+# The `proxy` value that sends every request direct, ignoring the environment's proxies.
+NO_PROXY_SETTING = "none"
+# The environment variables a proxy comes from, by the scheme urllib.request.getproxies()
+# files them under (each also lower case; the lower case one wins, as in curl).
+PROXY_ENV_NAMES = {"http": "HTTP_PROXY", "https": "HTTPS_PROXY", "all": "ALL_PROXY"}
+
+
+def check_proxy_url(value: str) -> str:
+    """The `proxy` setting as kept: ``none`` (also for an empty value) or a proxy URL
+    (``HOST:PORT`` alone is an http proxy, as for curl -x and HTTP_PROXY).
+
+    ValueError, saying what is wrong without the URL's user and password, for anything else:
+    a scheme other than http, https, socks5 and socks5h, no host, a bad port, a path, or a
+    socks proxy without the socksio package.
+    """
+    text = value.strip()
+    if text.lower() in ("", NO_PROXY_SETTING):
+        return NO_PROXY_SETTING
+    from offline_cli.redaction import redact_refused
+
+    if "://" not in text:
+        text = f"http://{text}"
+    shown = redact_refused(text)[:120]
+    scheme = text.partition("://")[0]
+    if scheme.lower() not in PROXY_SCHEMES:
+        raise ValueError(
+            f"{shown!r} is not a proxy URL (http://HOST:PORT, https://, socks5:// or socks5h://)"
+        )
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{shown!r}: {exc}") from None
+    if not parts.hostname:
+        raise ValueError(f"{shown!r} names no host")
+    if port == 0:
+        raise ValueError(f"{shown!r}: port 0 cannot be connected to")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{shown!r}: a proxy URL is a scheme, a host and a port, no path")
+    if scheme.lower().startswith("socks"):
+        import importlib.util
+
+        if importlib.util.find_spec("socksio") is None:
+            raise ValueError(
+                f"{shown!r}: socks proxies need the socksio package (pip install 'httpx[socks]')"
+            )
+    return text
+
+
+class ProxyRoutes:
+    """Which proxy each request goes through, if any.
+
+    The `proxy` setting, when set, decides for every request (``none``: no proxy at all);
+    otherwise the environment does, as curl and httpx read it: HTTP_PROXY for http://,
+    HTTPS_PROXY for https://, ALL_PROXY for either, minus the hosts NO_PROXY lists (names,
+    domain suffixes, IP addresses, ``*``; Python's urllib rules).
+    """
+
+    def __init__(self, setting: str | None, environ: dict[str, str] | None = None) -> None:
+        self.setting = setting
+        self._env: dict[str, str] = {}
+        if setting is None:
+            import urllib.request
+
+            found = urllib.request.getproxies() if environ is None else environ
+            for scheme, value in found.items():
+                if scheme == "no" or scheme not in PROXY_ENV_NAMES or not value.strip():
+                    self._env[scheme] = value
+                    continue
+                # A proxy the environment names is checked like --proxy: a typo there must
+                # not end in a traceback deep in a download.
+                try:
+                    self._env[scheme] = check_proxy_url(value)
+                except ValueError as exc:
+                    name = PROXY_ENV_NAMES[scheme]
+                    raise ConfigError(
+                        f"${name}: {exc}", hint=f"fix or unset ${name}, or give --proxy"
+                    ) from None
+
+    def proxy_for(self, url: str) -> str | None:
+        """The proxy URL a request for ``url`` goes through, None for a direct one."""
+        if self.setting is not None:
+            return None if self.setting == NO_PROXY_SETTING else self.setting
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        proxy = self._env.get(scheme) or self._env.get("all")
+        if not proxy or proxy == NO_PROXY_SETTING:
+            return None
+        if _bypassed((parts.hostname or "").lower(), parts.port, self._env.get("no", "")):
+            return None
+        return proxy
+
+
+def _bypassed(host: str, port: int | None, no_proxy: str) -> bool:
+    """Whether NO_PROXY lists ``host``: ``*``, the name itself or a domain it is in
+    (``example.com`` and ``.example.com`` both cover ``cdn.example.com``), an IP address,
+    or ``HOST:PORT``."""
+    for entry in no_proxy.split(","):
+        name = entry.strip().lower().lstrip(".")
+        if name == "*":
+            return True
+        name = name.removeprefix("[").removesuffix("]")  # an IPv6 address may be bracketed
+        if name and (host == name or host.endswith("." + name) or f"{host}:{port}" == name):
+            return True
+    return False
+
+
+def probe_target(url: str, proxy_setting: str | None) -> str:
+    """The URL whose host tells whether ``url`` can be reached: the proxy's when requests
+    for it go through one (a direct connection to the origin may be impossible there)."""
+    return ProxyRoutes(proxy_setting).proxy_for(url) or url

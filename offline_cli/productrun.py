@@ -271,8 +271,11 @@ class ProductRun(OfflineEngineListener):
                 and transfer.host_answered
             ):
                 return None
+            from offline_cli.network import probe_target
+
             monitor = rt.network_monitor()
-            failed_url = error.url or url  # after a redirect: the host that stopped answering
+            # After a redirect: the host that stopped answering; through a proxy: the proxy.
+            failed_url = probe_target(error.url or url, rt.settings.proxy)
             if monitor.is_reachable(failed_url):
                 # It accepts connections (a TLS failure, or it is back already): not an
                 # outage, so ordinary backoff and attempt counting apply.

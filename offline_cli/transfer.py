@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpcore
@@ -42,6 +42,9 @@ from offline_cli.models import human_bytes, shorten
 from offline_cli.paths import open_private
 from offline_cli.redaction import redact_url
 
+if TYPE_CHECKING:
+    from offline_cli.network import ProxyRoutes
+
 CHUNK_SIZE = 64 * 1024
 HASH_READ_SIZE = 1024 * 1024
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
@@ -59,6 +62,8 @@ DISK_RESERVE_MAX_BYTES = 8 * 1024 * 1024
 HEADER_DEADLINE_POLL_S = 0.05
 # A URL in a message is cut to this many characters (httpx refuses URLs over 64 KiB).
 SHOWN_URL_CHARS = 120
+# (no URL in it: messages redact the user info of every URL they hold)
+PROXY_AUTH_HINT = "give the proxy's user and password in its URL, as USER:PASSWORD@ before its host"
 # No real file is larger; a bigger number in a header is a lie or an attack.
 MAX_CONTENT_LENGTH = 2**63 - 1
 
@@ -137,6 +142,7 @@ def make_client(
     transport: httpx.BaseTransport | None = None,
     connections: int = 4,
     credentials: RequestCredentials | None = None,
+    proxy: str | None = None,
 ) -> httpx.Client:
     """The one place an httpx.Client is built: explicit timeouts, redirects, identity bodies.
 
@@ -145,12 +151,15 @@ def make_client(
     client (reused per host), and a download never waits for a free one.
     ``credentials`` go only to the origin a request names in its extensions
     (``trusted_extensions``), on each hop of a redirect (auth.py).
+    ``proxy``: the `proxy` setting (network.ProxyRoutes: None for the environment's).
     """
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=max(1, connections))
     if transport is None:
-        # Not mounts: a mount would replace the proxy mounts httpx makes from the
-        # environment. The default transport is used only where no proxy applies.
-        transport = _SchemeTransport(limits)
+        # httpx reads HTTP_PROXY and the like only when it builds the transport itself
+        # (given one, it ignores them): ours routes each request as httpx would.
+        from offline_cli.network import ProxyRoutes
+
+        transport = _SchemeTransport(limits, ProxyRoutes(proxy))
     client = httpx.Client(
         limits=limits,
         timeout=httpx.Timeout(
@@ -189,29 +198,35 @@ def trusted_extensions(trusted_origin: str | None) -> dict[str, Any]:
 
 
 class _SchemeTransport(httpx.BaseTransport):
-    """Plain http:// needs no TLS context; the verifying https:// transport (and the
-    ~70 ms of loading the CA bundle into it) is built on the first https request."""
+    """Each request direct or through the proxy ``routes`` name for it. Plain http:// needs
+    no TLS context; a verifying transport (and the ~70 ms of loading the CA bundle into it)
+    is built on the first request that needs TLS: to an https:// origin or an https proxy."""
 
-    def __init__(self, limits: httpx.Limits) -> None:
+    def __init__(self, limits: httpx.Limits, routes: ProxyRoutes | None = None) -> None:
         self._limits = limits
+        self._routes = routes
         self._plain = httpx.HTTPTransport(limits=limits, verify=False)
-        self._tls: httpx.HTTPTransport | None = None
+        # (proxy URL or None, TLS needed) -> its transport, built on first use
+        self._others: dict[tuple[str | None, bool], httpx.HTTPTransport] = {}
         self._lock = threading.Lock()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.scheme == "http":
+        proxy = self._routes.proxy_for(str(request.url)) if self._routes is not None else None
+        tls = request.url.scheme != "http" or (proxy or "").lower().startswith("https:")
+        if proxy is None and not tls:
             return self._plain.handle_request(request)
         with self._lock:
-            if self._tls is None:
-                self._tls = httpx.HTTPTransport(limits=self._limits)
-            tls = self._tls
-        return tls.handle_request(request)
+            transport = self._others.get((proxy, tls))
+            if transport is None:
+                transport = httpx.HTTPTransport(limits=self._limits, verify=tls, proxy=proxy)
+                self._others[(proxy, tls)] = transport
+        return transport.handle_request(request)
 
     def close(self) -> None:
         self._plain.close()
         with self._lock:
-            if self._tls is not None:
-                self._tls.close()
+            for transport in self._others.values():
+                transport.close()
 
 
 def host_of(url: str) -> str:
@@ -348,6 +363,80 @@ class TransferStats:
     restarts: int = 0
     requests: int = 0
     statuses: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Validators:
+    """What names the stored version of a file: the ETag and Last-Modified it came with,
+    and its size."""
+
+    etag: str | None
+    last_modified: str | None
+    size: int | None = None
+
+    def conditional_headers(self) -> dict[str, str]:
+        """``If-None-Match`` and ``If-Modified-Since`` (a server prefers the first)."""
+        headers: dict[str, str] = {}
+        if self.etag:
+            headers["If-None-Match"] = self.etag
+        if self.last_modified:
+            headers["If-Modified-Since"] = self.last_modified
+        return headers
+
+    def same_version(self, etag: str | None, last_modified: str | None, size: int | None) -> bool:
+        """Whether a whole-file answer that ignored the conditions names this version: the
+        same strong ETag; or, neither side having an ETag, the same Last-Modified date and
+        size (wget -N's test). A weak ETag proves nothing about the bytes."""
+        if etag or self.etag:
+            return etag == self.etag and etag is not None and not etag.startswith("W/")
+        return (
+            last_modified is not None
+            and last_modified == self.last_modified
+            and size is not None
+            and size == self.size
+        )
+
+
+def probe_changed(
+    client: httpx.Client,
+    url: str,
+    stored: Validators,
+    *,
+    product: str | None,
+    stall_timeout_s: float,
+    trusted_origin: str | None = None,
+) -> bool:
+    """Whether ``url`` now serves another version than ``stored`` (curl -z, wget -N).
+
+    One conditional GET: a 304 is "not changed". A 200 whose validators are the stored
+    ones (a server ignoring the conditions) is "not changed" too, and its body is never
+    read: the connection is closed with it. Errors are raised as the download's would be
+    (5xx retried, other 4xx permanent).
+    """
+    try:
+        with client.stream(
+            "GET",
+            url,
+            headers=stored.conditional_headers(),
+            extensions=trusted_extensions(trusted_origin),
+        ) as response:
+            status = response.status_code
+            if status == 304:
+                response.read()  # no body: reading its end keeps the connection for reuse
+                return False
+            raise_for_status(response, url, product)
+            if status != 200:
+                raise UnknownDownloadError(
+                    f"unexpected {status_text(response)} from {host_of(url)}",
+                    product=product,
+                    url=url,
+                )
+            length = _CONTENT_LENGTH_RE.match(response.headers.get("Content-Length", ""))
+            size = int(length.group(1)) if length is not None else None
+            headers = response.headers
+            return not stored.same_version(headers.get("ETag"), headers.get("Last-Modified"), size)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise wrap_http_error(exc, url, product, stall_timeout_s) from exc
 
 
 # A body at least this large is written and hashed on a worker thread (see _Sink).
@@ -1221,6 +1310,15 @@ def raise_for_status(response: httpx.Response, url: str, product: str | None) ->
     if status < 400:
         return
     where = f"{status_text(response)} from {host_of(url)}"
+    if status == 407:
+        # Only a proxy sends it (for an http:// URL it forwards): not the host's answer.
+        raise HTTPStatusError(
+            f"{status_text(response)} from the proxy for {host_of(url)}",
+            status=status,
+            product=product,
+            url=url,
+            hint=PROXY_AUTH_HINT,
+        )
     if status == 429 or status >= 500:
         raise ServerError(
             where,
@@ -1307,6 +1405,20 @@ def wrap_http_error(
             )
         return PermanentError(
             f"bad HTTP response from {host}: {reason[:120]}", product=product, url=url
+        )
+    if isinstance(exc, httpx.ProxyError):
+        # The proxy answered its CONNECT with an error (407: it wants a user and password;
+        # 502, 503: it could not reach the host). Its URL is never named: it may hold both.
+        reason = _reason(exc)
+        if reason.startswith("407"):
+            return PermanentError(
+                f"the proxy refused to connect to {host}: {reason[:120]}",
+                product=product,
+                url=url,
+                hint=PROXY_AUTH_HINT,
+            )
+        return NetworkError(
+            f"the proxy could not connect to {host}: {reason[:120]}", product=product, url=url
         )
     unreachable = {"product": product, "url": url, "host_unreachable": True}
     if isinstance(exc, httpx.ConnectTimeout):

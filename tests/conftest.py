@@ -26,7 +26,8 @@ from tests.procutil import Procs
 def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """No test sees the developer's configuration, home folder or terminal."""
     for name in list(os.environ):
-        if name.startswith("OFFLINE_CLI_"):
+        # A proxy of the machine's (HTTP_PROXY, no_proxy…) would take the loopback requests.
+        if name.startswith("OFFLINE_CLI_") or name.lower().endswith("_proxy"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("COLUMNS", "120")
