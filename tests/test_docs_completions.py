@@ -86,7 +86,7 @@ def test_options_and_arguments_have_human_metavars() -> None:
         "-i, --input FILE",
         "--id TYPE:ID",
         "--license-url URL",
-        "--source URL",
+        "--source TEMPLATE",
         "-j, --jobs N",
         "--limit-rate RATE",
         "--retries N",
