@@ -910,7 +910,22 @@ def _complete_products(ctx: typer.Context, incomplete: str) -> list[str]:
         return []
     given = ctx.params.get("products") or ctx.params.get("product") or []
     given = {given} if isinstance(given, str) else set(given)
-    return [key for key in keys if key.startswith(incomplete) and key not in given]
+    found = [
+        key
+        for key in keys
+        if key.startswith(incomplete) and key not in given and _SHELL_SAFE_RE.fullmatch(key)
+    ]
+    return found[:MAX_COMPLETIONS]
+
+
+# The shell inserts a completion into the command line as it is, unquoted: a stored name
+# with `$(...)`, a quote, a space, `&`, `;`, a newline or a terminal escape (a URL from a
+# hostile list) would run or mangle something at Enter. Such names are not completed; they
+# are still named in full by `state` (escaped) and typed by hand (quoted). (`?` and `#` stay:
+# a query string is common, and neither runs anything; `?` globs only if such a path exists.)
+_SHELL_SAFE_RE = re.compile(r"[A-Za-z0-9._~:/%+,@=?#-]+")
+# One Tab on a store of 200,000 products would otherwise print every name.
+MAX_COMPLETIONS = 1000
 
 
 # A list of products is text, one a line: 64 MiB is hundreds of thousands of long URLs, and
@@ -1384,7 +1399,8 @@ def state(
                 if wanted is not None:
                     _data("\n".join(s.state.value for s in block))
                 else:
-                    _data("\n".join(f"{s.key}\t{s.state.value}" for s in block))
+                    # A name's own tab or newline escaped: it could forge a line.
+                    _data("\n".join(f"{escape_controls(s.key)}\t{s.state.value}" for s in block))
             return
         stored_files = reader.stored_files() if statuses else {}
         for status in statuses:
@@ -1760,10 +1776,11 @@ def validate(
             if r.valid and _output.quiet:
                 continue  # -q: only what needs attention, so cron mails only on damage
             if r.valid:
-                _data(f"{r.product_key}\tVALID" + ("\t(repaired)" if r.repaired else ""))
+                name = escape_controls(r.product_key)
+                _data(f"{name}\tVALID" + ("\t(repaired)" if r.repaired else ""))
             else:
                 extra = f" (repair failed: {r.repair_error})" if r.repair_error else ""
-                _data(f"{r.product_key}\tINVALID\t{r.reason}{extra}")
+                _data(f"{escape_controls(r.product_key)}\tINVALID\t{r.reason}{extra}")
         if not results:
             _say("nothing to validate")
     if any(not r.valid for r in results):

@@ -420,3 +420,25 @@ def test_product_completion_creates_no_home_and_no_database(tmp_path: Path) -> N
     empty.mkdir()
     assert _complete_in_process(empty, f"{PROG} delete tr") == ([], set())
     assert list(empty.iterdir()) == []
+
+
+def test_names_the_shell_would_run_or_mangle_are_not_completed(
+    home: Path, httpserver: HTTPServer, make_engine: Callable[..., OfflineEngine]
+) -> None:
+    """A URL product from a hostile list, `.../a$(touch x)`, completed unquoted, ran `touch`
+    at Enter; names with quotes, spaces, `;`, `&` or escapes are left out."""
+    httpserver.expect_request("/media").respond_with_data(b"m" * 100)
+    base = httpserver.url_for("/media")
+    hostile = [f"{base}?$(touch${{IFS}}pwned)", f"{base}?a=1;b", f"{base}?a=1&b=2", f"{base}?'q'"]
+    with make_engine() as engine:
+        for url in [*hostile, f"{base}?plain=1"]:
+            engine.offline(MediaProduct(ProductType.FILE, url, url=url))
+    (reply,) = _bash_complete(home, [[PROG, "path", "http"]])
+    assert reply == [f"{base}?plain=1"]
+    assert not (home.parent / "pwned").exists()
+
+
+def test_completion_offers_at_most_a_thousand_names(tmp_path: Path) -> None:
+    from offline_cli.cli import MAX_COMPLETIONS
+
+    assert MAX_COMPLETIONS == 1000  # one Tab on 200,000 products printed 12 MB of names
