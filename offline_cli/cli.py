@@ -474,6 +474,8 @@ def _setup_logging(verbose: bool, log_file: str | None, place: str = "--log-file
         warnings.setFormatter(_Warnings())
         logger.addHandler(warnings)
     if log_file:
+        # `log_file = "~/offline-cli.jsonl"` in a config file (a shell expands it elsewhere)
+        log_file = os.path.expanduser(log_file)
         try:
             # A new log file is owner-only whatever the umask (it names products and hosts).
             # O_NONBLOCK: a FIFO nobody reads fails here (ENXIO) instead of hanging the command;
@@ -1027,7 +1029,7 @@ NetworkTimeout = Annotated[
     typer.Option(
         "--network-timeout",
         metavar="DURATION",
-        show_default="120s",
+        show_default="2m",
         help="How long a paused download waits for its host.",
     ),
 ]
@@ -1575,7 +1577,7 @@ def delete_all(
         engine.delete_all_offlined_media_products()
     except OfflineError as exc:
         _fail(exc)
-    _say(f"deleted {count} product(s)")
+    _say(f"deleted {_count(count, 'product')}")
 
 
 @_command(examples=["offline-cli resume", "offline-cli resume -j 2 --limit-rate 1M track:42"])

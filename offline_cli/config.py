@@ -137,6 +137,8 @@ SETTING_RANGES: dict[str, tuple[float, float]] = {
 }
 # Settings written as a byte rate (``500k``, ``2M``; K = 1024 as curl counts).
 _RATES = {"limit_rate"}
+# Limits where 0 means no limit: `config` and --help say "none".
+_NONE_WHEN_ZERO = {"limit_rate", "max_bandwidth"}
 # Settings that name a file.
 _PATHS = {"log_file", "token_file"}
 # A setting's command-line option where it is not ``--`` + its name.
@@ -204,6 +206,10 @@ def format_setting(name: str, value: Any) -> str:
         return "unset"
     if isinstance(value, bool):
         return "on" if value else "off"
+    if name in _NONE_WHEN_ZERO and value == 0:
+        return "none"
+    if isinstance(value, tuple | list | dict) and not value:
+        return "none"
     if name in _DURATIONS and isinstance(value, int | float):
         return format_seconds(value, weeks=False)
     if name in _RATES and isinstance(value, int):

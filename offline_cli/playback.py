@@ -224,7 +224,7 @@ def fetch_playback_info(
         ) as response:
             if response.status_code == 404:
                 raise ProductNotFound(
-                    f"product not found: HTTP 404 from {host_of(url)}",
+                    f"product not found: {status_text(response)} from {host_of(url)}",
                     product=product.key,
                     url=url,
                 )

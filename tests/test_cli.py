@@ -282,7 +282,7 @@ def test_delete_all_with_yes_removes_everything(cli, home: Path, httpserver: HTT
     result = cli("delete-all", "--yes")
 
     assert result.exit_code == 0, result.output
-    assert "deleted 2 product(s)" in result.stderr
+    assert "deleted 2 products" in result.stderr
     assert _media_files(home) == [] and _partial_files(home) == []
     assert cli("state").stdout == ""
     assert cli("state", "track:1", "video:2").stdout == "NOT_OFFLINED\nNOT_OFFLINED\n"

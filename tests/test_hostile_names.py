@@ -1,5 +1,6 @@
-"""Product names planted in the store (a hand-edited or hostile database) cannot forge lines
-of `state` or `validate` output."""
+"""What offline-cli prints about names it did not choose: planted product names cannot forge
+lines of `state` or `validate`; statuses read in standard words; `~` and counts as users
+write them (found by the review of issue 11)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,34 @@ def test_validate_escapes_a_planted_newline_in_a_name(
     result = cli("validate")
 
     assert not any(line.startswith("fake:2") for line in result.stdout.splitlines())
+
+
+def test_a_source_404_shows_the_standard_phrase(cli, home: Path, httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/v1/videos/7").respond_with_data("no", status=404)
+    source = httpserver.url_for("/v1/{type}s/{id}")
+
+    result = cli("offline", "video:7", "--source", source)
+
+    assert result.exit_code == 1, result.output
+    assert "product not found: HTTP 404 Not Found from" in result.stderr
+
+
+def test_a_log_file_in_the_users_home_is_written_from_a_config_file(
+    cli, home: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('log_file = "~/offline-cli.jsonl"\n')
+    user_home = tmp_path / "user"
+    user_home.mkdir()
+
+    result = cli("resume", env={"OFFLINE_CLI_CONFIG": str(config), "HOME": str(user_home)})
+
+    assert result.exit_code == 0, result.output
+    assert (user_home / "offline-cli.jsonl").is_file()
+
+
+def test_delete_all_counts_products_in_words(cli, home: Path) -> None:
+    result = cli("delete-all", "--yes")
+
+    assert result.exit_code == 0, result.output
+    assert "deleted 0 products" in result.stderr

@@ -254,7 +254,10 @@ def test_config_prints_values_as_a_user_writes_them(cli: Cli, home: Path) -> Non
     assert lines["source"] == ("unset", "(default)")
     assert lines["log_file"] == ("unset", "(default)")
     assert lines["retries"] == ("5", "(default)")
-    for machine in ("None", "True", "False", "604800.0", "30.0"):
+    # limits that are off, and empty lists, say so (as --help's defaults do)
+    assert lines["max_bandwidth"] == ("none", "(default)")
+    assert lines["headers"] == ("none", "(default)")
+    for machine in ("None", "True", "False", "604800.0", "30.0", "()", "{}"):
         assert machine not in result.stdout.split(), machine
     assert not home.exists()  # config only reads
 
