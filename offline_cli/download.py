@@ -176,13 +176,18 @@ class Downloader:
                 trusted_origin=trusted_origin,
             ),
             rt.policy,
-            RetryHooks(
-                sleep=lambda seconds: rt.wait(seconds, cancel, product.key),
-                clock=rt.clock,
-                made_progress=lambda: False,
-                on_retry=lambda e, a, d, r: rt.listener.offlining_retrying(product, a, d, r),
-                rand=rt.rand,
-            ),
+            self._one_shot_hooks(product, cancel),
+        )
+
+    def _one_shot_hooks(self, product: MediaProduct, cancel: Cancel) -> RetryHooks:
+        """Retry hooks for a request whose answer is read whole (no progress to keep)."""
+        rt = self.rt
+        return RetryHooks(
+            sleep=lambda seconds: rt.wait(seconds, cancel, product.key),
+            clock=rt.clock,
+            made_progress=lambda: False,
+            on_retry=lambda e, a, d, r: rt.listener.offlining_retrying(product, a, d, r),
+            rand=rt.rand,
         )
 
     def _has_source(self, product: MediaProduct) -> bool:
@@ -281,13 +286,7 @@ class Downloader:
                 trusted_origin=trusted_origin,
             ),
             rt.policy,
-            RetryHooks(
-                sleep=lambda seconds: rt.wait(seconds, cancel, product.key),
-                clock=rt.clock,
-                made_progress=lambda: False,
-                on_retry=lambda e, a, d, r: rt.listener.offlining_retrying(product, a, d, r),
-                rand=rt.rand,
-            ),
+            self._one_shot_hooks(product, cancel),
         )
         if info.is_hls:
             if product.sha256:
