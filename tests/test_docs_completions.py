@@ -106,13 +106,13 @@ def test_options_and_arguments_have_human_metavars() -> None:
 @pytest.mark.parametrize(
     ("command", "option", "default"),
     [
-        ("offline", "--network-timeout", "120s"),
+        ("offline", "--network-timeout", "2m"),
         ("offline", "--stall-timeout", "30s"),
         ("offline", "--jobs", "4"),
         ("offline", "--retries", "5"),
         ("offline", "--quality", "best"),
         ("offline", "--limit-rate", "none"),
-        ("resume", "--network-timeout", "120s"),
+        ("resume", "--network-timeout", "2m"),
         ("cleanup", "--older-than", "7d"),
         ("", "--db-timeout", "30s"),
     ],
@@ -227,7 +227,7 @@ def test_cli_docs_name_every_command_option_default_variable_and_example() -> No
     row = next(line for line in offline.splitlines() if "--stall-timeout" in line)
     assert "`30s`" in row and f"`{setting_env_var('stall_timeout')}`" in row
     row = next(line for line in offline.splitlines() if "--network-timeout" in line)
-    assert "`120s`" in row and "`OFFLINE_CLI_NETWORK_TIMEOUT`" in row
+    assert "`2m`" in row and "`OFFLINE_CLI_NETWORK_TIMEOUT`" in row
     row = next(line for line in offline.splitlines() if "--header" in line)
     assert "`OFFLINE_CLI_HEADERS`" in row
     row = next(line for line in text.splitlines() if line.startswith("| `--home PATH`"))
