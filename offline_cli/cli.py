@@ -1509,10 +1509,13 @@ def export_command(
         if not dest.strip():
             raise UsageError("DEST: empty path", hint="name a file or a folder")
         engine = _engine(create=False)
-        target, how = engine.export_product(wanted, Path(dest).expanduser(), force=force)
+        from offline_cli.export import check_dest
+
+        checked = check_dest(dest, engine.layout.home, wanted.key)
+        target, how = engine.export_product(wanted, checked, force=force)
     except OfflineError as exc:
         _fail(exc)
-    _data(str(target))
+    _data(escape_controls(str(target)))
     _say(f"{wanted.key}: exported to {target} ({how}, verified)")
 
 

@@ -105,6 +105,51 @@ def _exists(path: Path) -> bool:
     return os.path.lexists(path)
 
 
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _refuse_special(target: Path, st: os.stat_result | None, key: str) -> None:
+    # A FIFO, a device or a socket is never replaced, even with --force: as root a rename
+    # onto /dev/null would have replaced the device with a regular file.
+    if st is not None and not (
+        stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)
+    ):
+        raise UsageError(
+            f"{target} is not a regular file or a folder; nothing was written", product=key
+        )
+
+
+def check_dest(text: str, home: Path, key: str) -> Path:
+    """DEST as typed, checked before anything is written: a trailing ``/`` means an existing
+    folder (as ``cp f nodir/`` refuses), and nothing may land inside the offline-cli
+    ``home`` (an export onto ``offline.db`` or into ``store/`` would corrupt it)."""
+    dest = Path(text).expanduser()
+    try:
+        if text.endswith(os.sep) and not dest.is_dir():
+            if _exists(dest):
+                raise UsageError(f"{dest} is not a folder; nothing was written", product=key)
+            raise UsageError(f"folder {dest} does not exist; nothing was written", product=key)
+        real_home = Path(os.path.realpath(home))
+        # Both the path DEST resolves to and the link itself (--force replaces a link).
+        spots = (
+            Path(os.path.realpath(dest)),
+            Path(os.path.realpath(dest.parent)) / dest.name,
+        )
+        if any(spot.is_relative_to(real_home) for spot in spots):
+            raise UsageError(
+                f"DEST is inside the offline-cli home {home}; nothing was written",
+                product=key,
+                hint="export to a folder outside it",
+            )
+    except OSError as exc:
+        raise UsageError(f"DEST {dest}: {exc.strerror or exc}", product=key) from exc
+    return dest
+
+
 def export(stored: StoredProduct, dest: Path, *, force: bool) -> tuple[Path, str]:
     """Copy ``stored`` to ``dest`` (a file, or a folder to put it in; for HLS a folder that
     will hold the playlist and its parts); returns where it went and how it was copied.
@@ -112,16 +157,29 @@ def export(stored: StoredProduct, dest: Path, *, force: bool) -> tuple[Path, str
     Written under a temporary name beside the target and renamed into place only once every
     file's SHA-256 matches the one recorded at download: a failure leaves nothing at DEST.
     """
+    try:
+        target, parent = _checked_target(stored, dest, force=force)
+    except OSError as exc:
+        # ENAMETOOLONG, ELOOP, EACCES...: a DEST that cannot even be looked at.
+        raise UsageError(f"DEST {dest}: {exc.strerror or exc}", product=stored.key) from exc
+    return _write(stored, target, parent)
+
+
+def _checked_target(stored: StoredProduct, dest: Path, *, force: bool) -> tuple[Path, Path]:
     target = dest
-    if dest.is_dir() and not dest.is_symlink():
+    st = _lstat(dest)
+    _refuse_special(dest, st, stored.key)
+    if st is not None and stat.S_ISDIR(st.st_mode):
         target = dest / export_name(stored.entry, stored.entry.source_url)
-    if _exists(target) and not force:
+        st = _lstat(target)
+        _refuse_special(target, st, stored.key)
+    if st is not None and not force:
         raise UsageError(
             f"{target} exists; nothing was written",
             product=stored.key,
             hint="give --force to replace it",
         )
-    if _exists(target) and (stored.folder is None) == (stat.S_ISDIR(os.lstat(target).st_mode)):
+    if st is not None and (stored.folder is None) == stat.S_ISDIR(st.st_mode):
         kind = "a folder" if stored.folder is None else "not a folder"
         raise UsageError(
             f"{target} is {kind}; --force replaces a file with a file and an HLS export "
@@ -131,6 +189,10 @@ def export(stored: StoredProduct, dest: Path, *, force: bool) -> tuple[Path, str
     parent = target.parent
     if not parent.is_dir():
         raise UsageError(f"folder {parent} does not exist", product=stored.key)
+    return target, parent
+
+
+def _write(stored: StoredProduct, target: Path, parent: Path) -> tuple[Path, str]:
     try:
         work = Path(tempfile.mkdtemp(prefix=f".{target.name[:40]}.", suffix=".part", dir=parent))
     except OSError as exc:
@@ -150,6 +212,8 @@ def export(stored: StoredProduct, dest: Path, *, force: bool) -> tuple[Path, str
                     product=stored.key,
                     hint="run `offline-cli validate --repair` on it first",
                 )
+        # Checked again just before the rename, which replaces (never follows) what is there.
+        _refuse_special(target, _lstat(target), stored.key)
         if stored.folder is None:
             os.replace(work / stored.media.name, target)
         else:
