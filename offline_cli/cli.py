@@ -815,6 +815,32 @@ def _settings(**overrides: Any) -> Settings:
     return load_settings(_globals.home or default_home(), overrides)
 
 
+def _tls_overrides(ca_bundle: str | None, insecure: bool) -> dict[str, Any]:
+    # A flag left off sets nothing: the config file and the environment may turn it on.
+    return {"ca_bundle": ca_bundle, "insecure": True if insecure else None}
+
+
+def _check_tls(settings: Settings) -> None:
+    """Before the store is opened: a CA bundle that cannot be used is exit 2, one line naming
+    where it was given, not a traceback and a PAUSED entry at the first https request.
+    Insecure mode warns on every run, -q or not: it is never meant to go unnoticed."""
+    from offline_cli.network import ca_source, tls_context
+
+    if settings.insecure:
+        where = settings.origin("insecure")
+        _print_warning(
+            "TLS certificates are not verified"
+            f" ({'--insecure' if where == 'command line' else where}): anyone on the network "
+            "path can read and change what is downloaded"
+        )
+        return
+    if ca_source(settings.ca_bundle) is not None:
+        origin = settings.origin("ca_bundle")
+        tls_context(
+            settings.ca_bundle, origin="--ca-bundle" if origin == "command line" else origin
+        )
+
+
 def _store_exists() -> bool:
     """Whether the home holds a database (a link there counts: opening it refuses it)."""
     from offline_cli.paths import Layout
@@ -1072,6 +1098,23 @@ ProxyOption = Annotated[
         "socks5://; 'none' or '' for no proxy (default: $HTTP_PROXY, $HTTPS_PROXY, $NO_PROXY).",
     ),
 ]
+CaBundle = Annotated[
+    str | None,
+    typer.Option(
+        "--ca-bundle",
+        metavar="PATH",
+        show_default=False,
+        help="Trust the CA certificates in this PEM file (default: $SSL_CERT_FILE, "
+        "$SSL_CERT_DIR, else the certifi bundle).",
+    ),
+]
+Insecure = Annotated[
+    bool,
+    typer.Option(
+        "--insecure",
+        help="Do not verify TLS certificates (a warning on every run).",
+    ),
+]
 Refresh = Annotated[
     bool,
     typer.Option(
@@ -1234,6 +1277,8 @@ def offline(
     network_timeout: NetworkTimeout = None,
     header: Header = None,
     proxy: ProxyOption = None,
+    ca_bundle: CaBundle = None,
+    insecure: Insecure = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -1260,6 +1305,7 @@ def offline(
         parsed = _parse_offline_products(names, product_id, license_url, sha256, place_of)
         overrides = _transfer_overrides(retries, stall_timeout, network_timeout, jobs, limit_rate)
         overrides |= _stream_overrides(quality, max_bandwidth)
+        overrides |= _tls_overrides(ca_bundle, insecure)
         settings = _settings(source=source, headers=header, proxy=proxy, **overrides)
         # Checked before the store is opened: bad input changes nothing.
         from offline_cli.config import load_credentials
@@ -1271,6 +1317,7 @@ def offline(
             # yet, refuse it before one is created (the engine asks the store otherwise).
             OfflineEngine.check_resolvable_with(settings, parsed)
         ProxyRoutes(settings.proxy)  # a bad $HTTP_PROXY (and the like) is exit 2 here
+        _check_tls(settings)
         credentials = load_credentials(settings)
         with _reporting(len(parsed)) as reporter:
             engine = _engine(reporter, settings, credentials)
@@ -1603,6 +1650,8 @@ def resume(
     network_timeout: NetworkTimeout = None,
     header: Header = None,
     proxy: ProxyOption = None,
+    ca_bundle: CaBundle = None,
+    insecure: Insecure = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -1613,11 +1662,13 @@ def resume(
         wanted = [_product_from_name(n) for n in products] if products else None
         overrides = _transfer_overrides(retries, stall_timeout, network_timeout, jobs, limit_rate)
         overrides |= _stream_overrides(quality, max_bandwidth)
+        overrides |= _tls_overrides(ca_bundle, insecure)
         settings = _settings(headers=header, proxy=proxy, **overrides)
         from offline_cli.config import load_credentials
         from offline_cli.network import ProxyRoutes
 
         ProxyRoutes(settings.proxy)  # a bad $HTTP_PROXY (and the like) is exit 2 here
+        _check_tls(settings)
         credentials = load_credentials(settings)
         with _reporting() as reporter:
             engine = _engine(reporter, settings, credentials)
@@ -1743,6 +1794,8 @@ def validate(
     quality: StreamQuality = None,
     max_bandwidth: MaxBandwidth = None,
     header: Header = None,
+    ca_bundle: CaBundle = None,
+    insecure: Insecure = False,
     json_out: Json = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -1752,12 +1805,17 @@ def validate(
     try:
         wanted = [_product_from_name(n) for n in products] if products else None
         settings = _settings(
-            source=source, headers=header, **_stream_overrides(quality, max_bandwidth)
+            source=source,
+            headers=header,
+            **_stream_overrides(quality, max_bandwidth),
+            **_tls_overrides(ca_bundle, insecure),
         )
         # Only a repair downloads: a token that cannot be read does not stop a check.
         from offline_cli.config import load_credentials
         from offline_cli.maintenance import ValidationResult
 
+        if repair:
+            _check_tls(settings)
         credentials = load_credentials(settings) if repair else None
         with _reporting() as reporter:
             # A home with no store has nothing to check, nor to repair: nothing is created.

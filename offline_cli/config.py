@@ -65,6 +65,10 @@ class Settings:
     # the proxy of every request (None: the environment's HTTP_PROXY, HTTPS_PROXY, ALL_PROXY
     # and NO_PROXY; "none": no proxy at all); network.ProxyRoutes
     proxy: str | None = None
+    # TLS: a CA bundle to trust instead of certifi's (None: $SSL_CERT_FILE, $SSL_CERT_DIR,
+    # else certifi's); insecure verifies no certificate at all (a warning on every run)
+    ca_bundle: str | None = None
+    insecure: bool = False
     # maintenance
     retention: float = 7 * 86400.0
     maintenance_interval: float = 86400.0
@@ -140,7 +144,7 @@ _RATES = {"limit_rate"}
 # Limits where 0 means no limit: `config` and --help say "none".
 _NONE_WHEN_ZERO = {"limit_rate", "max_bandwidth"}
 # Settings that name a file.
-_PATHS = {"log_file", "token_file"}
+_PATHS = {"log_file", "token_file", "ca_bundle"}
 # A setting's command-line option where it is not ``--`` + its name.
 _OPTION_NAMES = {"headers": "--header"}
 # A token is a line of text: a few KiB for the longest JWTs.

@@ -334,6 +334,8 @@ class OfflineEngine:
             transport=self._transport,
             connections=self.settings.jobs,
             proxy=self.settings.proxy,
+            ca_bundle=self.settings.ca_bundle,
+            insecure=self.settings.insecure,
             credentials=(
                 self._credentials
                 if self._credentials is not None

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
 from offline_cli.errors import ConfigError
+from offline_cli.models import shorten
+
+if TYPE_CHECKING:
+    import ssl
 
 DEFAULT_NETWORK_TIMEOUT_S = 120.0
 DEFAULT_PROBE_INTERVAL_S = 1.0
@@ -206,3 +212,74 @@ def probe_target(url: str, proxy_setting: str | None) -> str:
     """The URL whose host tells whether ``url`` can be reached: the proxy's when requests
     for it go through one (a direct connection to the origin may be impossible there)."""
     return ProxyRoutes(proxy_setting).proxy_for(url) or url
+
+
+# The environment variables OpenSSL (and httpx) read for the CA certificates to trust.
+CA_FILE_ENV = "SSL_CERT_FILE"
+CA_DIR_ENV = "SSL_CERT_DIR"
+
+
+def ca_source(
+    ca_bundle: str | None, environ: Mapping[str, str] | None = None
+) -> tuple[str, str] | None:
+    """The CA bundle to trust and where it was named (``--ca-bundle``'s setting wins over
+    ``$SSL_CERT_FILE``, which wins over ``$SSL_CERT_DIR``); None: the default (certifi's)."""
+    env = os.environ if environ is None else environ
+    if ca_bundle:
+        return ca_bundle, "ca_bundle"
+    for name in (CA_FILE_ENV, CA_DIR_ENV):
+        if env.get(name):
+            return env[name], f"${name}"
+    return None
+
+
+def tls_context(
+    ca_bundle: str | None,
+    insecure: bool = False,
+    *,
+    origin: str = "ca_bundle",
+    environ: Mapping[str, str] | None = None,
+) -> ssl.SSLContext:
+    """The TLS context of every https request: certifi's CAs, or the bundle named by
+    ``ca_bundle`` (else ``$SSL_CERT_FILE``, ``$SSL_CERT_DIR``); ``insecure`` verifies nothing.
+
+    A bundle that cannot be used is ConfigError naming where it came from (``origin`` names
+    the ``ca_bundle`` setting: ``--ca-bundle``, its variable or the config file), one line:
+    ssl's own errors name neither the file nor the variable, and a missing file would
+    otherwise show as a traceback."""
+    import ssl
+
+    if insecure:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    source = ca_source(ca_bundle, environ)
+    if source is None:
+        import certifi
+
+        return ssl.create_default_context(cafile=certifi.where())
+    value, where = source
+    if where == "ca_bundle":
+        where = origin
+    path = Path(value).expanduser()
+    shown = f"CA bundle {shorten(str(path), 300)} ({where})"
+    hint = "give a PEM file of CA certificates (or, with $SSL_CERT_DIR, a folder of them)"
+    try:
+        if where == f"${CA_DIR_ENV}":
+            if not path.is_dir():
+                raise ConfigError(f"{shown}: not a folder", hint=hint)
+            return ssl.create_default_context(capath=str(path))
+        if path.is_dir():
+            raise ConfigError(f"{shown}: is a folder, not a file", hint=hint)
+        if path.exists() and not path.is_file():
+            # A device or a pipe: /dev/null holds no certificate, a pipe could block.
+            raise ConfigError(f"{shown}: not a regular file", hint=hint)
+        return ssl.create_default_context(cafile=str(path))
+    except ssl.SSLError as exc:
+        reason = str(exc.reason or exc.strerror or exc).lower().replace("_", " ")
+        raise ConfigError(
+            f"{shown}: no usable CA certificate in it ({reason})", hint=hint
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {shown}: {exc.strerror or exc}", hint=hint) from None

@@ -30,6 +30,7 @@ import httpx
 from offline_cli._version import __version__
 from offline_cli.auth import ORIGIN_EXTENSION, RequestCredentials
 from offline_cli.errors import (
+    ConfigError,
     DiskFull,
     DownloadError,
     HTTPStatusError,
@@ -143,6 +144,8 @@ def make_client(
     connections: int = 4,
     credentials: RequestCredentials | None = None,
     proxy: str | None = None,
+    ca_bundle: str | None = None,
+    insecure: bool = False,
 ) -> httpx.Client:
     """The one place an httpx.Client is built: explicit timeouts, redirects, identity bodies.
 
@@ -152,6 +155,8 @@ def make_client(
     ``credentials`` go only to the origin a request names in its extensions
     (``trusted_extensions``), on each hop of a redirect (auth.py).
     ``proxy``: the `proxy` setting (network.ProxyRoutes: None for the environment's).
+    ``ca_bundle``, ``insecure``: the settings that say which certificates verify
+    (network.tls_context). A redirect from https to http is refused on every request.
     """
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=max(1, connections))
     if transport is None:
@@ -159,7 +164,7 @@ def make_client(
         # (given one, it ignores them): ours routes each request as httpx would.
         from offline_cli.network import ProxyRoutes
 
-        transport = _SchemeTransport(limits, ProxyRoutes(proxy))
+        transport = _SchemeTransport(limits, ProxyRoutes(proxy), ca_bundle, insecure)
     client = httpx.Client(
         limits=limits,
         timeout=httpx.Timeout(
@@ -187,8 +192,44 @@ def make_client(
         credentials.apply(request.headers, str(request.url), request.extensions)
 
     hooks = [apply_credentials] if credentials else []
-    client.event_hooks = {"request": hooks, "response": [remember_connection]}
+    client.event_hooks = {
+        "request": hooks,
+        "response": [remember_connection, _refuse_downgrade],
+    }
     return client
+
+
+class DowngradeRefused(httpx.RequestError):
+    """A redirect from https to http: what TLS protected would go in clear text (and a
+    man in the middle could answer it), so it is never followed."""
+
+    def __init__(self, source: str, target: str, *, request: httpx.Request) -> None:
+        super().__init__(f"redirect from {source} to {target}", request=request)
+        self.source = source
+        self.target = target
+
+
+class TlsSetupError(httpx.TransportError):
+    """The TLS context could not be built (a CA bundle that went bad since the command
+    checked it): carries our ConfigError, whose message names the bundle."""
+
+    def __init__(self, error: ConfigError, *, request: httpx.Request) -> None:
+        super().__init__(error.message, request=request)
+        self.error = error
+
+
+def _refuse_downgrade(response: httpx.Response) -> None:
+    # A response hook runs on every hop before httpx follows it, for every request this
+    # client makes (media, license, playback info, playlists, refresh probes): one check.
+    request = response.request
+    if request.url.scheme != "https" or not response.has_redirect_location:
+        return
+    try:
+        target = request.url.join(response.headers["Location"])
+    except (httpx.InvalidURL, UnicodeError, ValueError):
+        return  # httpx refuses the Location itself when it follows it
+    if target.scheme == "http":
+        raise DowngradeRefused(str(request.url), str(target), request=request)
 
 
 def trusted_extensions(trusted_origin: str | None) -> dict[str, Any]:
@@ -202,9 +243,18 @@ class _SchemeTransport(httpx.BaseTransport):
     no TLS context; a verifying transport (and the ~70 ms of loading the CA bundle into it)
     is built on the first request that needs TLS: to an https:// origin or an https proxy."""
 
-    def __init__(self, limits: httpx.Limits, routes: ProxyRoutes | None = None) -> None:
+    def __init__(
+        self,
+        limits: httpx.Limits,
+        routes: ProxyRoutes | None = None,
+        ca_bundle: str | None = None,
+        insecure: bool = False,
+    ) -> None:
         self._limits = limits
         self._routes = routes
+        self._ca_bundle = ca_bundle
+        self._insecure = insecure
+        self._tls: ssl.SSLContext | None = None
         self._plain = httpx.HTTPTransport(limits=limits, verify=False)
         # (proxy URL or None, TLS needed) -> its transport, built on first use
         self._others: dict[tuple[str | None, bool], httpx.HTTPTransport] = {}
@@ -218,9 +268,21 @@ class _SchemeTransport(httpx.BaseTransport):
         with self._lock:
             transport = self._others.get((proxy, tls))
             if transport is None:
-                transport = httpx.HTTPTransport(limits=self._limits, verify=tls, proxy=proxy)
+                verify = self._tls_context(request) if tls else False
+                transport = httpx.HTTPTransport(limits=self._limits, verify=verify, proxy=proxy)
                 self._others[(proxy, tls)] = transport
         return transport.handle_request(request)
+
+    def _tls_context(self, request: httpx.Request) -> ssl.SSLContext:
+        """One context for every TLS connection (loading the CAs is the slow part)."""
+        if self._tls is None:
+            from offline_cli.network import tls_context
+
+            try:
+                self._tls = tls_context(self._ca_bundle, self._insecure)
+            except ConfigError as exc:
+                raise TlsSetupError(exc, request=request) from exc
+        return self._tls
 
     def close(self) -> None:
         self._plain.close()
@@ -1356,6 +1418,18 @@ def wrap_http_error(
     with contextlib.suppress(RuntimeError):  # an error raised before any request was built
         url = str(exc.request.url)
     host = host_of(url)
+    if isinstance(exc, DowngradeRefused):
+        # The server answers the same way on every try: permanent.
+        return PermanentError(
+            f"refused redirect from {shorten(redact_url(exc.source), SHOWN_URL_CHARS)} to "
+            f"{shorten(redact_url(exc.target), SHOWN_URL_CHARS)} (a downgrade)",
+            product=product,
+            url=asked,
+            hint="a redirect from https to http would send the request in clear text; "
+            "ask for the http URL yourself if you trust it",
+        )
+    if isinstance(exc, TlsSetupError):
+        return PermanentError(exc.error.message, product=product, url=asked, hint=exc.error.hint)
     if isinstance(exc, httpx.RemoteProtocolError) and str(exc).startswith(
         "Invalid URL in location header"
     ):
@@ -1386,7 +1460,7 @@ def wrap_http_error(
             product=product,
             url=url,
             hint="the server's certificate is not trusted (expired, self-signed or for "
-            "another name); set SSL_CERT_FILE to a CA bundle that trusts it",
+            "another name); give --ca-bundle a CA bundle that trusts it",
         )
     if _is_malformed_response(exc):
         # The server answered, with bytes no HTTP parser accepts (a huge header, an
