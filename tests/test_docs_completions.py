@@ -151,7 +151,7 @@ def test_every_option_set_by_a_setting_shows_that_settings_default(command: str)
     for f in fields(Settings):
         option = setting_option(f.name)
         value = getattr(defaults, f.name)
-        if option not in rows or value is None or f.name == "headers":
+        if option not in rows or value is None or isinstance(value, bool) or f.name == "headers":
             continue
         shown = _flat(rows[option]).split("[default: ", 1)[1].split("]")[0]
         if isinstance(value, float):
