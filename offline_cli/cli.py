@@ -1448,8 +1448,14 @@ def state(
                 if wanted is not None:
                     _data("\n".join(s.state.value for s in block))
                 else:
-                    # A name's own tab or newline escaped: it could forge a line.
-                    _data("\n".join(f"{escape_controls(s.key)}\t{s.state.value}" for s in block))
+                    text = "\n".join(f"{s.key}\t{s.state.value}" for s in block)
+                    if text.count("\n") != len(block) - 1 or text.count("\t") != len(block):
+                        # A name's own tab or newline could forge a line: escape each name
+                        # (only then: a regex per name would cost a 100,000-line `state`).
+                        text = "\n".join(
+                            f"{escape_controls(s.key)}\t{s.state.value}" for s in block
+                        )
+                    _data(text)
             return
         stored_files = reader.stored_files() if statuses else {}
         for status in statuses:
