@@ -517,34 +517,15 @@ def _large_verdicts(
         )
     )
     cli = "offline-cli"
-    targets: list[tuple[str, float | None, float | None, float]] = []
-    if "curl+sync" in med:
-        targets.append(
-            (
-                "time / (curl && sync -d)",
-                ratio(med[cli], med["curl+sync"]),
-                ratio(best[cli], best["curl+sync"]),
-                1.0,
-            )
+    targets: list[tuple[str, float | None, float | None, float]] = [
+        (label, ratio(med[cli], med[ref]), ratio(best[cli], best[ref]), limit)
+        for ref, label, limit in (
+            ("curl+sync", "time / (curl && sync -d)", 1.0),
+            ("curl", "time / plain curl (moonshot)", 1.5),
+            ("aria2c", "time / aria2c (one connection)", math.inf),
         )
-    if "curl" in med:
-        targets.append(
-            (
-                "time / plain curl (moonshot)",
-                ratio(med[cli], med["curl"]),
-                ratio(best[cli], best["curl"]),
-                1.5,
-            )
-        )
-    if "aria2c" in med:
-        targets.append(
-            (
-                "time / aria2c (one connection)",
-                ratio(med[cli], med["aria2c"]),
-                ratio(best[cli], best["aria2c"]),
-                math.inf,
-            )
-        )
+        if ref in med
+    ]
     quiet = "offline-cli (no progress writes)"
     cost = ratio(med[cli] - med[quiet], med[cli])
     cost_best = ratio(best[cli] - best[quiet], best[cli])
